@@ -1,0 +1,13 @@
+#!/bin/bash
+# cloud-init defaults for every node: host keys of modern types only (RSA generation alone
+# costs ~20 s of an emulated boot) and no package work at boot: the image has everything.
+if [ "${BAKERY_DEBUG_TRACE:-0}" -gt 0 ]; then set -x; fi
+set -eu -o pipefail
+
+install-if-changed - /etc/cloud/cloud.cfg.d/90-bakery.cfg root:root 0644 <<'CONF'
+# bakery: the golden image is complete; first boot only writes the node bundle.
+ssh_genkeytypes: [ed25519, ecdsa]
+package_update: false
+package_upgrade: false
+package_reboot_if_required: false
+CONF
