@@ -13,6 +13,16 @@ APT::Periodic::Update-Package-Lists "0";
 APT::Periodic::Unattended-Upgrade "0";
 CONF
 
+# No manuals, documentation (but copyright notices) or translations on a database node.
+install-if-changed - /etc/dpkg/dpkg.cfg.d/90bakery-excludes root:root 0644 <<'CONF'
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+CONF
+
 if [ "$(dpkg-query -W -f='${db:Status-Status}' unattended-upgrades 2>/dev/null || true)" = installed ]; then
     apt-get -q purge -y unattended-upgrades
 fi

@@ -283,7 +283,9 @@ def _lock_problems(definition: ImageDefinition, lock_path: Path) -> list[Problem
     want = f"patroni[{extras}]" if extras else "patroni"
     if pins.get(want) != c.patroni.version:
         problems.append(
-            Problem("components.patroni", f"{lock_path.name} does not pin {want}=={c.patroni.version}")
+            Problem(
+                "components.patroni", f"{lock_path.name} does not pin {want}=={c.patroni.version}"
+            )
         )
     if pins.get("psycopg2-binary") != c.psycopg2.version:
         problems.append(

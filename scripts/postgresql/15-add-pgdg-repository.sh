@@ -22,6 +22,7 @@ if [ ! -s "$keyring" ] || ! gpg --show-keys --with-colons "$keyring" 2>/dev/null
     install -d -m 0755 /etc/apt/keyrings
     install -m 0644 "$tmp/pgdg.gpg" "$keyring"
 fi
+# shellcheck source=/dev/null # the target system's release
 . /etc/os-release
 install-if-changed - /etc/apt/sources.list.d/pgdg.sources root:root 0644 <<SOURCES
 Types: deb

@@ -1,6 +1,7 @@
 #!/bin/bash
 # cloud-init defaults for every node: host keys of modern types only (RSA generation alone
-# costs ~20 s of an emulated boot) and no package work at boot: the image has everything.
+# costs ~20 s of an emulated boot), no package work at boot (the image has everything), and
+# the built-in C.UTF-8 locale (cloud-init's default en_US.UTF-8 would need locale-gen at boot).
 if [ "${BAKERY_DEBUG_TRACE:-0}" -gt 0 ]; then set -x; fi
 set -eu -o pipefail
 
@@ -10,4 +11,8 @@ ssh_genkeytypes: [ed25519, ecdsa]
 package_update: false
 package_upgrade: false
 package_reboot_if_required: false
+locale: C.UTF-8
+CONF
+install-if-changed - /etc/default/locale root:root 0644 <<'CONF'
+LANG=C.UTF-8
 CONF

@@ -1,0 +1,781 @@
+"""Build a golden image on this machine: a bootable raw disk and its qcow2.
+
+The host kernel here has no device-mapper, nbd or partition-table support, so the disk is made
+without any of them (see images/README.md):
+
+1. mmdebstrap a Debian base (kernel, systemd, cloud-init, ssh, …) into a tarball, cached
+   outside the work tree, keyed by its inputs; unpack it into ``OUT/tree``;
+2. run the definition's elements in the tree with ``scripts/run-elements`` through chroot, with
+   /proc, /sys, /dev, /dev/pts and a tmpfs /run mounted (always unmounted again);
+3. ``mkfs.ext4 -d`` the tree straight into the partition's place inside the raw disk file,
+   ``sfdisk`` one bootable partition, syslinux's MBR code, ``extlinux --install`` through a loop
+   device (always detached); ``qemu-img convert`` to qcow2.
+
+Every resource a step creates (mounts, loop devices, files swapped in the tree, processes) is
+recorded when created and released in reverse order whatever happens, Ctrl-C and SIGTERM
+included; a release that fails is reported with what to remove by hand and never hides the
+first error.
+
+    python -m bakery.localbuild --definition images/local-test.yaml --out build/local-test
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat as stat_mod
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import BakeryError
+from .imagedef import SCRIPTS_DIR, LoadedDefinition, load_definition
+
+ROOT_LABEL = "bakery-root"
+PARTITION_OFFSET = 1024 * 1024
+# What a distribution cloud image brings before any element runs: the local stand-in for the
+# cloud's base image (kernel, init, cloud-init, ssh, a network stack cloud-init can render to).
+BASE_PACKAGES = [
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "linux-image-cloud-amd64",
+    "initramfs-tools",
+    "cloud-init",
+    "openssh-server",
+    "systemd-resolved",
+    "sudo",
+    "ca-certificates",
+    "iproute2",
+    "netbase",
+    "curl",
+    "python3",
+]
+# As the base element configures for later installs: no manuals, docs or translations.
+DPKG_EXCLUDES = [
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+]
+BASE_CACHE_MAX_AGE = dt.timedelta(days=7)
+HOST_TOOLS = ["mmdebstrap", "chroot", "mkfs.ext4", "sfdisk", "losetup", "extlinux", "qemu-img"]
+MBR_CANDIDATES = [Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin")]
+STAGING = "/run/bakery"
+
+
+class BuildError(BakeryError):
+    """The local build failed; the message says where and what to look at."""
+
+
+@dataclass
+class BuildResult:
+    definition: str
+    build_id: str
+    inputs_hash: str
+    raw: Path
+    qcow2: Path
+    tree: Path | None
+    log: Path
+    manifest: dict
+    timings: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        for key in ("raw", "qcow2", "tree", "log"):
+            data[key] = str(data[key]) if data[key] is not None else None
+        return data
+
+
+class Cleanup:
+    """Undo actions registered as resources are created; run in reverse, report failures."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self._actions: list[tuple[str, Callable[[], None]]] = []
+        self._log = log
+        self.leftovers: list[str] = []
+
+    def push(self, what: str, action: Callable[[], None]) -> None:
+        self._actions.append((what, action))
+
+    def run(self) -> None:
+        while self._actions:
+            what, action = self._actions.pop()
+            try:
+                action()
+            except Exception as error:  # noqa: BLE001 - report every failed release, go on
+                self.leftovers.append(f"{what}: {error}")
+                self._log(f"cleanup FAILED: {what}: {error}")
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+class Builder:
+    def __init__(
+        self,
+        loaded: LoadedDefinition,
+        out: Path,
+        cache_dir: Path | None,
+        disk_gib: int = 3,
+        keep_tree: bool = True,
+        echo: bool = True,
+        elements_timeout: int = 1800,
+    ):
+        self.loaded = loaded
+        self.out = out.resolve()
+        self.cache_dir = cache_dir
+        self.disk_gib = disk_gib
+        self.keep_tree = keep_tree
+        self.echo = echo
+        self.elements_timeout = elements_timeout
+        self.tree = self.out / "tree"
+        self.log_path = self.out / "build.log"
+        self.timings: dict[str, float] = {}
+        self.arch = _host_arch()
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.inputs_hash = loaded.inputs_hash()
+        self.build_id = f"{loaded.name}-{stamp}-{self.inputs_hash[:8]}"
+        self._log_file = None
+
+    # -- logging and commands ---------------------------------------------------------------
+    def log(self, message: str) -> None:
+        line = f"[localbuild] {message}"
+        if self.echo:
+            print(line, flush=True)
+        if self._log_file:
+            self._log_file.write(line + "\n")
+            self._log_file.flush()
+
+    def run(
+        self,
+        command: Sequence[str],
+        timeout: float = 600,
+        capture: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> str:
+        """Run a command in its own process group; kill the group on timeout or interrupt."""
+        self.log("$ " + " ".join(command))
+        proc = subprocess.Popen(
+            list(command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+            env=env,
+        )
+        output: list[str] = []
+        deadline = _now() + timeout
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                output.append(line)
+                if self._log_file:
+                    self._log_file.write(line)
+                    self._log_file.flush()
+                if self.echo and not capture:
+                    sys.stdout.write(line)
+                if _now() > deadline:
+                    raise subprocess.TimeoutExpired(list(command), timeout)
+            proc.wait(timeout=max(1.0, deadline - _now()))
+        except BaseException:
+            _kill_group(proc)
+            raise
+        if proc.returncode != 0:
+            tail = "".join(output[-15:])
+            raise BuildError(
+                f"{command[0]} failed (exit {proc.returncode}); last lines:\n{tail}"
+                f"full log: {self.log_path}"
+            )
+        return "".join(output)
+
+    # -- the build --------------------------------------------------------------------------
+    def build(self) -> BuildResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        started = _now()
+        with open(self.log_path, "w") as self._log_file, _signals_as_interrupt():
+            self.log(f"build {self.build_id} of {self.loaded.path} into {self.out}")
+            self._preflight()
+            cleanup = Cleanup(self.log)
+            try:
+                with self._timed("base"):
+                    tarball = self._base_tarball()
+                    self._unpack(tarball)
+                with self._timed("elements"):
+                    result_line = self.run_elements(self.tree, self.loaded.elements(), cleanup)
+                cleanup.run()
+                self._check_clean_tree()
+                with self._timed("disk"):
+                    raw, qcow2 = self._assemble(cleanup)
+                cleanup.run()
+            finally:
+                cleanup.run()
+                if cleanup.leftovers:
+                    self.log("left behind, remove by hand: " + "; ".join(cleanup.leftovers))
+            manifest = result_line.get("manifest") or {}
+            if not self.keep_tree:
+                shutil.rmtree(self.tree)
+            self.timings["total"] = round(_now() - started, 1)
+            result = BuildResult(
+                definition=self.loaded.name,
+                build_id=self.build_id,
+                inputs_hash=self.inputs_hash,
+                raw=raw,
+                qcow2=qcow2,
+                tree=self.tree if self.keep_tree else None,
+                log=self.log_path,
+                manifest=manifest,
+                timings=self.timings,
+                sizes=_sizes(raw, qcow2),
+            )
+            (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            (self.out / "build.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+            self.log(f"done in {self.timings['total']} s: {raw} {qcow2} {result.sizes}")
+            return result
+
+    @contextlib.contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        start = _now()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(_now() - start, 1)
+            self.log(f"{name}: {self.timings[name]} s")
+
+    def _preflight(self) -> None:
+        if os.geteuid() != 0:
+            raise BuildError("the local build needs root (chroot, mounts, loop devices)")
+        missing = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
+        if missing:
+            raise BuildError(
+                f"missing host tools: {', '.join(missing)} (tests/image/setup installs them)"
+            )
+        if self.arch not in self.loaded.definition.base.architectures:
+            raise BuildError(
+                f"definition {self.loaded.name} does not list architecture {self.arch}"
+            )
+        consul = self.loaded.definition.components.consul
+        if consul is not None and self.loaded.consul_artifacts_dir is not None:
+            # Fail before minutes of work; the consul element checks again, fail-closed.
+            zip_name = f"consul_{consul.version}_linux_{self.arch}.zip"
+            artifact = self.loaded.consul_artifacts_dir / zip_name
+            if not artifact.is_file():
+                raise BuildError(f"consul: offline artifact {artifact} not found")
+            got = hashlib.sha256(artifact.read_bytes()).hexdigest()
+            want = consul.sha256[self.arch]  # type: ignore[index]
+            if got != want:
+                raise BuildError(
+                    f"consul: SHA-256 MISMATCH for {artifact}: expected {want}, got {got}; "
+                    "refusing to build (fix components.consul.sha256 or the artifact)"
+                )
+        if _mounts_under(self.tree):
+            raise BuildError(
+                f"{self.tree} has mounts from an earlier build: {_mounts_under(self.tree)}"
+            )
+
+    # -- base -------------------------------------------------------------------------------
+    def _mmdebstrap_args(self) -> tuple[list[str], str, list[str]]:
+        """Options, suite and mirrors: `mmdebstrap OPTIONS SUITE TARGET MIRRORS`."""
+        base = self.loaded.definition.base
+        suite = base.codename
+        mirrors = [
+            f"deb {base.mirror} {suite} main",
+            f"deb {base.mirror} {suite}-updates main",
+        ]
+        if base.security_mirror:
+            mirrors.append(f"deb {base.security_mirror} {suite}-security main")
+        options = [
+            "--variant=minbase",
+            "--format=tar",
+            f"--architectures={self.arch}",
+            "--include=" + ",".join(BASE_PACKAGES),
+            *(f"--dpkgopt={rule}" for rule in DPKG_EXCLUDES),
+            # What a cloud image enables: networkd, which cloud-init renders the network to.
+            '--customize-hook=chroot "$1" systemctl enable systemd-networkd.service',
+        ]
+        return options, suite, mirrors
+
+    def _base_tarball(self) -> Path:
+        options, suite, mirrors = self._mmdebstrap_args()
+        key = hashlib.sha256(json.dumps([options, suite, mirrors]).encode()).hexdigest()[:16]
+        if self.cache_dir is None:
+            target = self.out / f"base-{suite}-{key}.tar"
+        else:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            target = self.cache_dir / f"base-{suite}-{key}.tar"
+        if target.exists():
+            age = dt.datetime.now() - dt.datetime.fromtimestamp(target.stat().st_mtime)
+            if self.cache_dir is not None and age < BASE_CACHE_MAX_AGE:
+                self.log(f"base: cached {target} ({int(age.total_seconds())} s old)")
+                return target
+            target.unlink()
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        try:
+            self.run(["mmdebstrap", *options, suite, str(partial), *mirrors], timeout=900)
+            partial.rename(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    def _unpack(self, tarball: Path) -> None:
+        if self.tree.exists():
+            shutil.rmtree(self.tree)
+        self.tree.mkdir(parents=True)
+        self.run(
+            [
+                "tar",
+                "-xpf",
+                str(tarball),
+                "-C",
+                str(self.tree),
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+            ],
+            timeout=600,
+        )
+
+    # -- elements ---------------------------------------------------------------------------
+    def element_env(self, tree_has_artifacts: bool) -> dict[str, str]:
+        return self.loaded.element_env(
+            self.arch,
+            self.build_id,
+            lock_in_target=f"{STAGING}/patroni.lock",
+            consul_artifacts_in_target=f"{STAGING}/consul-artifacts"
+            if tree_has_artifacts
+            else None,
+        )
+
+    def run_elements(
+        self,
+        tree: Path,
+        elements: list[str],
+        cleanup: Cleanup,
+        env: dict[str, str] | None = None,
+    ) -> dict:
+        """Run elements in `tree` through chroot; return the BAKERY-RESULT object."""
+        has_artifacts = self.loaded.consul_artifacts_dir is not None
+        env = env if env is not None else self.element_env(has_artifacts)
+        with chroot_mounts(tree, cleanup, self.log):
+            staging = tree / STAGING.lstrip("/")
+            staging.mkdir(mode=0o700, parents=True)
+            shutil.copy2(SCRIPTS_DIR / "run-elements", staging / "run-elements")
+            shutil.copytree(SCRIPTS_DIR / "bin", staging / "bin")
+            for element in elements:
+                shutil.copytree(SCRIPTS_DIR / element, staging / element)
+            shutil.copy2(self.loaded.lock_path, staging / "patroni.lock")
+            if has_artifacts:
+                shutil.copytree(self.loaded.consul_artifacts_dir, staging / "consul-artifacts")
+            (staging / "build.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+            (self.out / "elements.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+            command = [
+                "chroot",
+                str(tree),
+                "/bin/bash",
+                f"{STAGING}/run-elements",
+                "--env-file",
+                f"{STAGING}/build.env",
+                *elements,
+            ]
+            clean_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+            if os.environ.get("BAKERY_DEBUG_TRACE"):
+                clean_env["BAKERY_DEBUG_TRACE"] = os.environ["BAKERY_DEBUG_TRACE"]
+            try:
+                output = self.run(command, timeout=self.elements_timeout, env=clean_env)
+            except BuildError as error:
+                raise BuildError(f"elements failed in {tree}: {error}") from None
+            finally:
+                _kill_processes_in(tree, self.log)
+        return _result_line(output)
+
+    def _check_clean_tree(self) -> None:
+        leftovers = (
+            [p.name for p in (self.tree / "run").iterdir()] if (self.tree / "run").exists() else []
+        )
+        if _mounts_under(self.tree):
+            raise BuildError(f"mounts left under {self.tree}: {_mounts_under(self.tree)}")
+        if leftovers:
+            self.log(f"note: {self.tree}/run holds {leftovers} (from the base)")
+
+    # -- disk -------------------------------------------------------------------------------
+    def _assemble(self, cleanup: Cleanup) -> tuple[Path, Path]:
+        kernels = sorted((self.tree / "boot").glob("vmlinuz-*"))
+        if not kernels:
+            raise BuildError(f"no kernel in {self.tree}/boot")
+        version = kernels[-1].name.removeprefix("vmlinuz-")
+        (self.tree / "boot/extlinux").mkdir(exist_ok=True)
+        (self.tree / "boot/extlinux/extlinux.conf").write_text(
+            "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\n"
+            "LABEL linux\n"
+            f"  LINUX /boot/vmlinuz-{version}\n"
+            f"  INITRD /boot/initrd.img-{version}\n"
+            f"  APPEND root=LABEL={ROOT_LABEL} ro console=tty0 console=ttyS0,115200n8\n"
+        )
+        (self.tree / "etc/fstab").write_text(
+            f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro 0 1\n"
+        )
+        name = self.loaded.name
+        raw = self.out / f"{name}.raw"
+        qcow2 = self.out / f"{name}.qcow2"
+        for path in (raw, qcow2):
+            path.unlink(missing_ok=True)
+        size = self.disk_gib * 1024**3
+        with open(raw, "wb") as f:
+            f.truncate(size)
+        fs_bytes = size - PARTITION_OFFSET
+        # The filesystem goes straight into the partition's place: no copy, no partition device.
+        self.run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                ROOT_LABEL,
+                "-O",
+                "^64bit,^metadata_csum_seed",
+                "-E",
+                f"offset={PARTITION_OFFSET}",
+                "-d",
+                str(self.tree),
+                str(raw),
+                f"{fs_bytes // 1024}k",
+            ],
+            timeout=900,
+        )
+        self._sfdisk(raw)
+        mbr = next((p for p in MBR_CANDIDATES if p.exists()), None)
+        if mbr is None:
+            raise BuildError("syslinux mbr.bin not found (install syslinux-common)")
+        with open(raw, "r+b") as f:
+            f.write(mbr.read_bytes()[:440])
+        self._install_extlinux(raw, fs_bytes, cleanup)
+        self.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(qcow2)], timeout=900)
+        return raw, qcow2
+
+    def _sfdisk(self, raw: Path) -> None:
+        script = f"label: dos\nstart={PARTITION_OFFSET // 512}, type=83, bootable\n"
+        self.log(f"$ sfdisk {raw} <<< {script!r}")
+        proc = subprocess.run(
+            ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)],
+            input=script,
+            text=True,
+            capture_output=True,
+            timeout=60,
+        )
+        if proc.returncode != 0:
+            raise BuildError(f"sfdisk failed: {proc.stderr.strip()}")
+
+    def _install_extlinux(self, raw: Path, fs_bytes: int, cleanup: Cleanup) -> None:
+        loop = self.run(
+            [
+                "losetup",
+                "--find",
+                "--show",
+                "--offset",
+                str(PARTITION_OFFSET),
+                "--sizelimit",
+                str(fs_bytes),
+                str(raw),
+            ],
+            capture=True,
+            timeout=60,
+        ).strip()
+        cleanup.push(f"loop device {loop} (losetup -d {loop})", lambda: _detach(loop))
+        mnt = self.out / "mnt"
+        mnt.mkdir(exist_ok=True)
+        self.run(["mount", loop, str(mnt)], timeout=60)
+        cleanup.push(f"mount {mnt} (umount {mnt})", lambda: _umount(mnt))
+        self.run(["extlinux", "--install", str(mnt / "boot/extlinux")], timeout=120)
+
+
+# -- helpers used by the build and by the tests --------------------------------------------
+@contextlib.contextmanager
+def chroot_mounts(tree: Path, cleanup: Cleanup, log: Callable[[str], None]) -> Iterator[None]:
+    """/proc, /sys, /dev, /dev/pts, tmpfs /run in `tree`; resolv.conf, policy-rc.d and the CA
+    bundle swapped in.
+
+    Everything is registered with `cleanup` as soon as it exists and released on leaving.
+    """
+    mark = len(cleanup._actions)
+    try:
+        for target, command in [
+            ("proc", ["mount", "-t", "proc", "proc"]),
+            ("sys", ["mount", "-t", "sysfs", "-o", "ro", "sysfs"]),
+            ("dev", ["mount", "--bind", "/dev"]),
+            ("dev/pts", ["mount", "--bind", "/dev/pts"]),
+            ("run", ["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "tmpfs"]),
+        ]:
+            path = tree / target
+            path.mkdir(parents=True, exist_ok=True)
+            subprocess.run([*command, str(path)], check=True, timeout=30, capture_output=True)
+            cleanup.push(f"mount {path} (umount {path})", lambda p=path: _umount(p))
+        _swap_file(tree / "etc/resolv.conf", Path("/etc/resolv.conf").read_bytes(), 0o644, cleanup)
+        _swap_file(tree / "usr/sbin/policy-rc.d", b"#!/bin/sh\nexit 101\n", 0o755, cleanup)
+        # The build host's trust, for the build only: where a proxy inspects TLS, its CA is in
+        # the host's bundle, not in the image's (which is restored afterwards).
+        host_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+        if host_bundle.is_file():
+            _swap_file(
+                tree / "etc/ssl/certs/ca-certificates.crt", host_bundle.read_bytes(), 0o644, cleanup
+            )
+        yield
+    finally:
+        actions = cleanup._actions[mark:]
+        del cleanup._actions[mark:]
+        scoped = Cleanup(log)
+        scoped._actions = actions
+        scoped.run()
+        cleanup.leftovers += scoped.leftovers
+        if scoped.leftovers:
+            raise BuildError("could not release: " + "; ".join(scoped.leftovers))
+
+
+@contextlib.contextmanager
+def overlay(lower: Path, workdir: Path, cleanup: Cleanup) -> Iterator[tuple[Path, Path]]:
+    """A writable copy-on-write view of `lower`; yields (merged, upper). `lower` stays as is."""
+    upper, work, merged = workdir / "upper", workdir / "work", workdir / "merged"
+    for path in (upper, work, merged):
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
+        check=True,
+        timeout=30,
+        capture_output=True,
+    )
+    cleanup.push(f"overlay {merged} (umount {merged})", lambda: _umount(merged))
+    yield merged, upper
+
+
+def overlay_changes(lower: Path, upper: Path, merged: Path) -> list[str]:
+    """What an overlay's upper layer changed compared with `lower`, ignoring times.
+
+    Only what was written lands in `upper`, so only those paths need comparing: content
+    (SHA-256), type, mode, owner, link target. A whiteout is a deletion.
+    """
+    changes = []
+    for dirpath, dirnames, filenames in os.walk(upper):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            relative = path.relative_to(upper)
+            st = path.lstat()
+            if stat_mod.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                changes.append(f"deleted /{relative}")
+                continue
+            before = _describe(lower / relative)
+            after = _describe(merged / relative)
+            if before != after:
+                changes.append(f"changed /{relative}: {before} -> {after}")
+    return sorted(changes)
+
+
+def _describe(path: Path) -> tuple | None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    kind = stat_mod.S_IFMT(st.st_mode)
+    detail: object = None
+    if stat_mod.S_ISLNK(st.st_mode):
+        detail = os.readlink(path)
+    elif stat_mod.S_ISREG(st.st_mode):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        detail = digest.hexdigest()
+    elif stat_mod.S_ISCHR(st.st_mode) or stat_mod.S_ISBLK(st.st_mode):
+        detail = st.st_rdev
+    return (kind, stat_mod.S_IMODE(st.st_mode), st.st_uid, st.st_gid, detail)
+
+
+def rerun_elements(build_dir: Path, definition: str | Path, workdir: Path) -> list[str]:
+    """Run a finished build's elements a second time, with the same inputs, on an overlay of
+    its tree, and return every difference from the tree as built (empty: idempotent)."""
+    build_dir = build_dir.resolve()
+    tree = build_dir / "tree"
+    env = dict(
+        line.split("=", 1) for line in (build_dir / "elements.env").read_text().splitlines() if line
+    )
+    loaded = load_definition(definition)
+    builder = Builder(loaded, workdir, cache_dir=None, echo=False)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / "rerun.log", "w") as builder._log_file:
+        cleanup = Cleanup(builder.log)
+        try:
+            with overlay(tree, workdir, cleanup) as (merged, upper):
+                builder.run_elements(merged, loaded.elements(), cleanup, env=env)
+                return overlay_changes(tree, upper, merged)
+        finally:
+            cleanup.run()
+            if cleanup.leftovers:
+                raise BuildError("could not release: " + "; ".join(cleanup.leftovers))
+
+
+def _swap_file(path: Path, content: bytes, mode: int, cleanup: Cleanup) -> None:
+    """Put a build-time file in place of `path`; restore the original (file or link) later."""
+    saved = path.with_name(path.name + ".bakery-saved")
+    existed = path.is_symlink() or path.exists()
+    if existed:
+        os.rename(path, saved)
+
+    def restore() -> None:
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        if existed:
+            os.rename(saved, path)
+
+    cleanup.push(f"restore {path}", restore)
+    path.write_bytes(content)
+    path.chmod(mode)
+
+
+def _umount(path: Path) -> None:
+    proc = subprocess.run(["umount", str(path)], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        # Busy: detach lazily so nothing stays visible, and say so.
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60, check=True)
+        raise BuildError(f"{path} was busy and was detached lazily: {proc.stderr.strip()}")
+
+
+def _detach(loop: str) -> None:
+    subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=60, check=True)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve())
+    found = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            point = line.split()[1].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return found
+
+
+def _kill_processes_in(tree: Path, log: Callable[[str], None]) -> None:
+    """Processes left running inside the chroot (gpg-agent, dirmngr, …) would pin mounts."""
+    root = str(tree.resolve())
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            if os.readlink(pid_dir / "root") == root:
+                log(f"killing leftover process {pid_dir.name} in {root}")
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM (CI's stop, `timeout`) unwinds like Ctrl-C, so cleanup runs."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _result_line(output: str) -> dict:
+    for line in reversed(output.splitlines()):
+        if line.startswith("BAKERY-RESULT "):
+            result = json.loads(line.removeprefix("BAKERY-RESULT "))
+            if result.get("status") != "ok":
+                raise BuildError(f"elements reported {result}")
+            return result
+    raise BuildError("run-elements printed no BAKERY-RESULT line")
+
+
+def _sizes(raw: Path, qcow2: Path) -> dict[str, int]:
+    return {
+        "raw_virtual": raw.stat().st_size,
+        "raw_allocated": raw.stat().st_blocks * 512,
+        "qcow2": qcow2.stat().st_size,
+    }
+
+
+def _host_arch() -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("BAKERY_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "bakery" if base else Path.home() / ".cache" / "bakery"
+
+
+def build(
+    definition: str | Path,
+    out: Path,
+    cache_dir: Path | None = None,
+    use_cache: bool = True,
+    keep_tree: bool = True,
+    echo: bool = True,
+) -> BuildResult:
+    """Build `definition` into `out`: the entry point for `invoke bake --target local`."""
+    loaded = load_definition(definition)
+    cache = (cache_dir or default_cache_dir()) / "base" if use_cache else None
+    return Builder(loaded, out, cache, keep_tree=keep_tree, echo=echo).build()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bakery.localbuild", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--definition", required=True, help="images/<name>.yaml or a name")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--no-cache", action="store_true", help="mmdebstrap afresh, cache nothing")
+    parser.add_argument("--drop-tree", action="store_true", help="remove OUT/tree afterwards")
+    args = parser.parse_args(argv)
+    try:
+        result = build(
+            args.definition, args.out, use_cache=not args.no_cache, keep_tree=not args.drop_tree
+        )
+    except BakeryError as error:
+        print(f"bakery: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bakery: interrupted; mounts and loop devices were released", file=sys.stderr)
+        return 130
+    print(json.dumps(result.to_json(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The built image booted under QEMU with one node's launch user-data from `invoke render`.
+
+The guest reaches etcd on the namespace's bridge; the test looks inside through the QEMU guest
+agent (root in the guest, no SSH and nothing added to the user-data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import imagetest_harness as harness
+import pytest
+import yaml
+from conftest import FIGURES
+
+from bakery.imagedef import load_definition
+
+pytestmark = pytest.mark.slow
+
+# Services a booted node may run: the base system's, the guest agent the test talks through,
+# and what the node bundle starts. Anything else running is a surprise in a golden image.
+ALLOWED_RUNNING = {
+    "patroni.service",
+    "ssh.service",
+    "qemu-guest-agent.service",
+    "systemd-journald.service",
+    "systemd-logind.service",
+    "systemd-networkd.service",
+    "systemd-resolved.service",
+    "systemd-timesyncd.service",
+    "systemd-udevd.service",
+    "dbus.service",
+    "getty@tty1.service",
+    "serial-getty@ttyS0.service",
+}
+# Bundle timing: cloud-init's work on the node bundle (write_files, runcmd via scripts_user).
+BUNDLE_EVENTS = ("config-write_files", "config-runcmd", "config-scripts_user")
+
+
+def test_cloud_init_finished_without_errors(guest):
+    status = guest.agent.sh("cloud-init status --long --wait || true", timeout=120)
+    assert re.search(r"^status: done$", status, re.M), status
+    result = json.loads(guest.agent.sh("cat /run/cloud-init/result.json"))
+    assert result["v1"]["errors"] == [], result
+    assert "DataSourceNoCloud" in result["v1"]["datasource"]
+
+
+def test_written_files_have_declared_owner_mode_and_content(guest, rendered):
+    user_data = yaml.safe_load(rendered["user_data"].read_text())
+    files = user_data["write_files"]
+    assert files, "the user-data writes no files"
+    for entry in files:
+        path = entry["path"]
+        owner = entry.get("owner", "root:root")
+        mode = entry.get("permissions", "0644")
+        got = guest.agent.sh(f"stat -c '%U:%G %a' '{path}'").strip()
+        assert got == f"{owner} {int(mode, 8):o}", f"{path}: {got}, declared {owner} {mode}"
+        digest = guest.agent.sh(f"sha256sum '{path}'").split()[0]
+        assert digest == hashlib.sha256(entry["content"].encode()).hexdigest(), path
+    # The render manifest says the same as the user-data.
+    declared = {f["path"]: (f["owner"], f["mode"]) for f in rendered["node"]["files"]}
+    assert declared == {
+        f["path"]: (f.get("owner", "root:root"), f.get("permissions", "0644")) for f in files
+    }
+
+
+def test_only_intended_services_are_enabled_and_running(guest, rendered):
+    wanted = set(rendered["node"]["services"])
+    assert wanted == {"patroni.service"}
+    for unit in ("patroni.service", "consul.service", "nebula.service", "postgresql.service"):
+        state = guest.agent.exec(["systemctl", "is-enabled", unit])[1].strip()
+        expected = "enabled" if unit in wanted else "disabled"
+        assert state == expected, f"{unit} is {state}"
+    running = set(
+        guest.agent.sh(
+            "systemctl list-units --type=service --state=running --no-legend --plain"
+            " | awk '{print $1}'"
+        ).split()
+    )
+    assert wanted <= running
+    assert running <= ALLOWED_RUNNING, f"unexpected: {running - ALLOWED_RUNNING}"
+    failed = guest.agent.sh("systemctl list-units --state=failed --no-legend --plain").strip()
+    assert failed == "", failed
+    # PostgreSQL runs under Patroni, not under the distribution's unit.
+    cgroup = guest.agent.sh("cat /proc/$(pgrep -o -u postgres -x postgres)/cgroup")
+    assert "patroni.service" in cgroup
+
+
+def test_patroni_answers_and_bootstrapped_as_leader(guest, rendered):
+    ca = rendered["dir"] / "files/etc/patroni/tls/ca.pem"
+    probe = guest.in_netns(
+        ["curl", "-s", "-m", "10", "--cacert", str(ca), f"https://{harness.GUEST_ADDRESS}:8008/patroni"]
+    )
+    status = json.loads(probe.stdout)
+    assert status["role"] == "primary", status
+    assert status["state"] == "running"
+    assert status["patroni"]["version"] == "4.1.5"
+    assert status["patroni"]["scope"] == rendered["config"]["cluster"]["scope"]
+    assert status["server_version"] // 10000 == 15
+    members = guest.agent.sh(
+        "su -s /bin/sh postgres -c 'patronictl -c /etc/patroni/patroni.yml list -f json'"
+    )
+    (member,) = json.loads(members)
+    assert member["Role"] == "Leader" and member["State"] == "running", member
+
+
+def test_metadata_address_is_blocked_for_everyone_but_root(guest):
+    probe = (
+        "import socket; s = socket.socket(); s.settimeout(3)\n"
+        "try:\n    s.connect(('169.254.169.254', 80)); print('connected')\n"
+        "except OSError as e:\n    print(type(e).__name__, e.errno)\n"
+    )
+    as_nobody = guest.agent.exec(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "python3", "-c", probe]
+    )[1]
+    assert as_nobody.startswith("PermissionError"), as_nobody
+    as_postgres = guest.agent.exec(
+        ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", "python3", "-c", probe]
+    )[1]
+    assert as_postgres.startswith("PermissionError"), as_postgres
+    # Root is not blocked by the guard (here there is no route: another error, not EPERM).
+    as_root = guest.agent.exec(["python3", "-c", probe])[1]
+    assert not as_root.startswith("PermissionError"), as_root
+    assert "bakery_metadata_guard" in guest.agent.sh("nft list tables")
+
+
+def test_image_is_generalized(guest):
+    # The guest made its own identity at first boot: nothing came from the build.
+    machine_id = guest.agent.sh("cat /etc/machine-id").strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", machine_id)
+    keys = guest.agent.sh("ls /etc/ssh/").split()
+    assert "ssh_host_ed25519_key" in keys
+    assert guest.agent.sh("ls -A /var/lib/postgresql/15/patroni | head -1").strip() != ""
+
+
+def test_manifest_on_console_matches_definition(guest, built):
+    lines = [
+        line
+        for line in guest.console_text().splitlines()
+        if line.startswith("BAKERY-MANIFEST ")
+    ]
+    assert lines, "no BAKERY-MANIFEST line on the console"
+    manifest = json.loads(lines[-1].removeprefix("BAKERY-MANIFEST "))
+    loaded = load_definition("local-test")
+    d = loaded.definition
+    assert manifest["image"] == d.name
+    assert manifest["inputs_hash"] == loaded.inputs_hash()
+    assert manifest["build_id"] == built.build_id
+    assert manifest == built.manifest
+    assert manifest["base"]["distribution"] == d.base.distribution
+    assert manifest["base"]["release"] == d.base.release
+    assert manifest["base"]["codename"] == d.base.codename
+    c = manifest["components"]
+    assert c["postgresql"]["major"] == d.components.postgresql.major
+    assert c["postgresql"]["source"] == d.components.postgresql.source
+    assert c["postgresql"]["version"].startswith(f"{d.components.postgresql.major}.")
+    assert c["patroni"]["version"] == d.components.patroni.version
+    assert c["psycopg2"]["version"] == d.components.psycopg2.version
+    assert c["pgbackrest"]["package"].startswith(d.components.pgbackrest.version)
+    assert c["nebula"]["package"].startswith(d.components.nebula.version)
+    assert "consul" not in c
+    # The same manifest is in the image.
+    assert json.loads(guest.agent.sh("cat /etc/bakery/manifest.json")) == manifest
+
+
+def test_cloud_init_spends_little_on_the_bundle(guest):
+    """`cloud-init analyze`: time in the modules that handle the bundle; no package work."""
+    dump = json.loads(guest.agent.sh("cloud-init analyze dump", timeout=60))
+    finished = [e for e in dump if e.get("event_type") == "finish"]
+    started = {e["name"]: e["timestamp"] for e in dump if e.get("event_type") == "start"}
+    bundle = {}
+    for event in finished:
+        module = event["name"].rsplit("/", 1)[-1]
+        if module in BUNDLE_EVENTS and event["name"] in started:
+            bundle[module] = event["timestamp"] - started[event["name"]]
+    assert set(bundle) >= {"config-write_files", "config-scripts_user"}, bundle
+    total = sum(bundle.values())
+    FIGURES["cloud-init on the node bundle"] = (
+        f"{total:.2f} s ({', '.join(f'{k} {v:.2f}' for k, v in sorted(bundle.items()))})"
+    )
+    stages = guest.agent.sh("cloud-init analyze show | grep -E '^Total Time|Finished stage'")
+    FIGURES["cloud-init stages"] = " | ".join(stages.split("\n")).strip(" |")
+    for module in ("config-package_update_upgrade_install", "config-apt_configure"):
+        for event in finished:
+            if event["name"].endswith(module):
+                assert event["timestamp"] - started[event["name"]] < 1.0, module
+    assert total <= 2.0, bundle
