@@ -41,7 +41,7 @@ with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as out:
     out.write(z.read("consul"))
 PY
 install -D -o root -g root -m 0755 "$tmp/consul" "$binary"
-reported=$("$binary" version | head -n1)
+reported=$("$binary" version | awk 'NR == 1')  # awk reads all: no SIGPIPE
 [ "$reported" = "Consul v$version" ] || { echo "consul: $binary reports '$reported', want 'Consul v$version'" >&2; exit 1; }
 install -d -m 0755 "$(dirname "$marker")"
 echo "$want  $zip" > "$marker"

@@ -26,7 +26,9 @@ def test_second_run_of_the_elements_changes_nothing(built):
     changes = localbuild.rerun_elements(
         BUILD_ROOT / "local-test", IMAGES_DIR / "local-test.yaml", BUILD_ROOT / "rerun"
     )
-    FIGURES["second run of the elements"] = f"{time.monotonic() - start:.0f} s, {len(changes)} changes"
+    FIGURES["second run of the elements"] = (
+        f"{time.monotonic() - start:.0f} s, {len(changes)} changes"
+    )
     assert changes == [], "\n".join(changes)
     assert not localbuild._mounts_under(BUILD_ROOT)
 
