@@ -367,8 +367,12 @@ class Builder:
         elements: list[str],
         cleanup: Cleanup,
         env: dict[str, str] | None = None,
+        extra: Path | None = None,
     ) -> dict:
-        """Run elements in `tree` through chroot; return the BAKERY-RESULT object."""
+        """Run elements in `tree` through chroot; return the BAKERY-RESULT object.
+
+        `extra`, a host directory, is staged at /run/bakery/extra (tests use it for local
+        repositories and artifacts)."""
         has_artifacts = self.loaded.consul_artifacts_dir is not None
         env = env if env is not None else self.element_env(has_artifacts)
         with chroot_mounts(tree, cleanup, self.log):
@@ -379,6 +383,8 @@ class Builder:
             for element in elements:
                 shutil.copytree(SCRIPTS_DIR / element, staging / element)
             shutil.copy2(self.loaded.lock_path, staging / "patroni.lock")
+            if extra is not None:
+                shutil.copytree(extra, staging / "extra")
             if has_artifacts:
                 shutil.copytree(self.loaded.consul_artifacts_dir, staging / "consul-artifacts")
             (staging / "build.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))

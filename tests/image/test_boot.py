@@ -81,6 +81,12 @@ def test_only_intended_services_are_enabled_and_running(guest, rendered):
     )
     assert wanted <= running
     assert running <= ALLOWED_RUNNING, f"unexpected: {running - ALLOWED_RUNNING}"
+    # The image's own units pass systemd's checks (consul's binary is not in this image).
+    for unit in ("patroni.service", "nebula.service", "bakery-metadata-guard.service"):
+        code, out, err = guest.agent.exec(
+            ["systemd-analyze", "verify", f"/etc/systemd/system/{unit}"], timeout=60
+        )
+        assert code == 0 and unit not in err, f"{unit}: {out}{err}"
     failed = guest.agent.sh("systemctl list-units --state=failed --no-legend --plain").strip()
     assert failed == "", failed
     # PostgreSQL runs under Patroni, not under the distribution's unit.

@@ -114,3 +114,176 @@ def test_consul_element_fails_closed_on_a_checksum_mismatch(built, tmp_path):
     assert "refusing to install it" in log
     assert "FAILED consul/24-install-consul.sh" in str(caught.value) or "FAILED" in log
     assert not localbuild._mounts_under(tmp_path)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_interrupted_build_releases_mounts_and_loop_devices(built, tmp_path, signal_name):
+    """Ctrl-C (or a stop) while the elements run in the chroot: exit 130, nothing left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    loops_before = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bakery.localbuild", "--definition",
+         str(IMAGES_DIR / "local-test.yaml"), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        log = out / "build.log"
+        while time.monotonic() < deadline:
+            if log.exists() and "run-elements: >>> base/11-install-packages.sh" in log.read_text():
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.5)
+        else:
+            pytest.fail("the build never reached the elements")
+        assert localbuild._mounts_under(out), "expected chroot mounts while elements run"
+        os.kill(proc.pid, getattr(signal, signal_name))
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert localbuild._mounts_under(out) == []
+    assert subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout == loops_before
+    assert not (out / "tree" / "usr/sbin/policy-rc.d").exists()
+    assert (out / "tree" / "etc/resolv.conf").is_symlink()
+
+
+def test_built_tree_is_generalized_and_complete(built):
+    """What generalization leaves, and what the image must carry, checked on the tree."""
+    tree = built.tree
+    assert (tree / "etc/machine-id").read_text() == ""
+    assert not list((tree / "etc/ssh").glob("ssh_host_*"))
+    assert not (tree / "var/lib/cloud").exists() or not any((tree / "var/lib/cloud").iterdir())
+    assert [p.name for p in (tree / "var/lib/apt/lists").iterdir()] in ([], ["partial"])
+    assert not list((tree / "var/cache/apt").glob("*.bin"))
+    assert not list((tree / "var/cache/apt/archives").glob("*.deb"))
+    for log in (tree / "var/log").rglob("*"):
+        if log.is_file():
+            assert log.stat().st_size == 0, log
+    assert (tree / "etc/hostname").read_text() == "localhost\n"
+    data = tree / "var/lib/postgresql/15/patroni"
+    assert data.is_dir() and not any(data.iterdir())
+    st = data.stat()
+    assert (st.st_mode & 0o777, st.st_uid) == (0o700, _uid(tree, "postgres"))
+    assert not (tree / "etc/postgresql/15/main").exists()
+    assert (tree / "usr/local/bin/patronictl").resolve() == tree / "opt/patroni/bin/patronictl"
+    for unit in ("patroni", "consul", "nebula"):
+        text = (tree / f"etc/systemd/system/{unit}.service").read_text()
+        assert "ConditionPathExists=" in text
+        assert not list((tree / "etc/systemd/system").glob(f"*.wants/{unit}.service"))
+    patroni_unit = (tree / "etc/systemd/system/patroni.service").read_text()
+    assert "EnvironmentFile=-/etc/patroni/patroni.env" in patroni_unit
+    assert "ConditionPathExists=/etc/patroni/patroni.yml" in patroni_unit
+    assert not list((tree / "etc/systemd/system").glob("*.wants/postgresql.service"))
+    assert (tree / "etc/bakery/manifest.json").exists()
+    # Build-time swaps were put back.
+    assert (tree / "etc/resolv.conf").is_symlink()
+    assert not (tree / "usr/sbin/policy-rc.d").exists()
+    assert not list(tree.rglob("*.bakery-saved"))
+
+
+def _uid(tree: Path, user: str) -> int:
+    for line in (tree / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2])
+    raise AssertionError(f"no user {user} in the image")
+
+
+def signed_repository(root: Path, suite: str) -> tuple[Path, str]:
+    """A tiny apt repository (no packages) like pgdg's layout, signed by a throwaway key.
+    Returns the exported key and its fingerprint."""
+    import os
+    import subprocess
+
+    home = root / "gnupg"
+    home.mkdir(mode=0o700, parents=True)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+
+    def gpg(*args: str, **kwargs) -> str:
+        return subprocess.run(
+            ["gpg", "--batch", "--quiet", *args],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            **kwargs,
+        ).stdout
+
+    gpg("--passphrase", "", "--quick-gen-key", "bakery test repo", "ed25519", "sign", "1d")
+    fingerprint = next(
+        line.split(":")[9]
+        for line in gpg("--with-colons", "--list-keys").splitlines()
+        if line.startswith("fpr:")
+    )
+    key = root / "key.asc"
+    key.write_text(gpg("--armor", "--export", fingerprint))
+    packages = root / "repo" / "dists" / suite / "main" / "binary-amd64" / "Packages"
+    packages.parent.mkdir(parents=True)
+    packages.write_text("")
+    release = (
+        f"Origin: bakery-test\nSuite: {suite}\nCodename: {suite}\nArchitectures: amd64\n"
+        "Components: main\nDate: Thu, 01 Jan 2026 00:00:00 UTC\nSHA256:\n"
+        f" {hashlib.sha256(b'').hexdigest()} 0 main/binary-amd64/Packages\n"
+    )
+    dists = root / "repo" / "dists" / suite
+    (dists / "Release").write_text(release)
+    gpg("--local-user", fingerprint, "--clearsign", "--output", str(dists / "InRelease"),
+        str(dists / "Release"))  # fmt: skip
+    return key, fingerprint
+
+
+def run_postgresql_pgdg(built, tmp_path: Path, repo_root: Path, fingerprint: str) -> Path:
+    """The postgresql element with source pgdg against a local repository, in an overlay.
+    Returns the overlay's upper layer (what the run wrote)."""
+    loaded = load_definition(IMAGES_DIR / "local-test.yaml")
+    builder = localbuild.Builder(loaded, tmp_path / "work", cache_dir=None, echo=False)
+    builder.out.mkdir(parents=True)
+    staged = "/run/bakery/extra"
+    env = {
+        "BAKERY_PG_MAJOR": "15",
+        "BAKERY_PG_SOURCE": "pgdg",
+        "BAKERY_PGDG_MIRROR": f"file://{staged}/repo",
+        "BAKERY_PGDG_KEY_URL": f"file://{staged}/key.asc",
+        "BAKERY_PGDG_KEY_FINGERPRINT": fingerprint,
+    }
+    with open(builder.log_path, "w") as builder._log_file:
+        cleanup = localbuild.Cleanup(builder.log)
+        try:
+            with localbuild.overlay(built.tree, tmp_path / "overlay", cleanup) as (merged, upper):
+                builder.run_elements(merged, ["postgresql"], cleanup, env=env, extra=repo_root)
+                return upper
+        finally:
+            cleanup.run()
+            assert not cleanup.leftovers
+
+
+def test_pgdg_repository_is_added_with_a_checked_signed_by_keyring(built, tmp_path):
+    key, fingerprint = signed_repository(tmp_path / "pgdg", "bookworm-pgdg")
+    upper = run_postgresql_pgdg(built, tmp_path, tmp_path / "pgdg", fingerprint)
+    sources = (upper / "etc/apt/sources.list.d/pgdg.sources").read_text()
+    assert "Suites: bookworm-pgdg" in sources
+    assert "Signed-By: /etc/apt/keyrings/pgdg.gpg" in sources
+    assert (upper / "etc/apt/keyrings/pgdg.gpg").stat().st_size > 0
+    log = (tmp_path / "work" / "build.log").read_text()
+    assert "bookworm-pgdg InRelease" in log  # apt fetched and verified the signed index
+
+
+def test_pgdg_key_with_another_fingerprint_is_refused(built, tmp_path):
+    key, fingerprint = signed_repository(tmp_path / "pgdg", "bookworm-pgdg")
+    wrong = "0" * 40
+    with pytest.raises(localbuild.BuildError):
+        run_postgresql_pgdg(built, tmp_path, tmp_path / "pgdg", wrong)
+    log = (tmp_path / "work" / "build.log").read_text()
+    assert f"does not have fingerprint {wrong}; refusing it" in log
