@@ -177,7 +177,7 @@ def test_built_tree_is_generalized_and_complete(built):
     st = data.stat()
     assert (st.st_mode & 0o777, st.st_uid) == (0o700, _uid(tree, "postgres"))
     assert not (tree / "etc/postgresql/15/main").exists()
-    assert (tree / "usr/local/bin/patronictl").resolve() == tree / "opt/patroni/bin/patronictl"
+    assert (tree / "usr/local/bin/patronictl").readlink() == Path("/opt/patroni/bin/patronictl")
     for unit in ("patroni", "consul", "nebula"):
         text = (tree / f"etc/systemd/system/{unit}.service").read_text()
         assert "ConditionPathExists=" in text
@@ -201,13 +201,15 @@ def _uid(tree: Path, user: str) -> int:
     raise AssertionError(f"no user {user} in the image")
 
 
-def signed_repository(root: Path, suite: str) -> tuple[Path, str]:
-    """A tiny apt repository (no packages) like pgdg's layout, signed by a throwaway key.
-    Returns the exported key and its fingerprint."""
+def signed_repository(root: Path, suite: str, signer: str = "repo") -> tuple[Path, str]:
+    """A tiny apt repository (no packages) like pgdg's layout, signed by a throwaway key, and
+    that key exported as `key.asc`; returns the key file and its fingerprint. With
+    signer="other" the index is signed by a second key that is not the one exported."""
     import os
     import subprocess
 
-    home = root / "gnupg"
+    root.mkdir(parents=True)
+    home = root.parent / f"{root.name}-gnupg"
     home.mkdir(mode=0o700, parents=True)
     env = {**os.environ, "GNUPGHOME": str(home)}
 
@@ -221,12 +223,23 @@ def signed_repository(root: Path, suite: str) -> tuple[Path, str]:
             **kwargs,
         ).stdout
 
-    gpg("--passphrase", "", "--quick-gen-key", "bakery test repo", "ed25519", "sign", "1d")
-    fingerprint = next(
-        line.split(":")[9]
-        for line in gpg("--with-colons", "--list-keys").splitlines()
-        if line.startswith("fpr:")
-    )
+    try:
+        return _sign_repository(root, suite, gpg, signer)
+    finally:
+        # gpg started an agent for key generation: stop it (by its home, ours alone).
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)
+
+
+def _sign_repository(root: Path, suite: str, gpg, signer: str) -> tuple[Path, str]:
+    fingerprints = {}
+    for name in ("repo", "other"):
+        gpg("--passphrase", "", "--quick-gen-key", f"bakery test {name}", "ed25519", "sign", "1d")
+        fingerprints[name] = next(
+            line.split(":")[9]
+            for line in gpg("--with-colons", "--list-keys", f"bakery test {name}").splitlines()
+            if line.startswith("fpr:")
+        )
+    fingerprint = fingerprints["repo"]
     key = root / "key.asc"
     key.write_text(gpg("--armor", "--export", fingerprint))
     packages = root / "repo" / "dists" / suite / "main" / "binary-amd64" / "Packages"
@@ -239,7 +252,7 @@ def signed_repository(root: Path, suite: str) -> tuple[Path, str]:
     )
     dists = root / "repo" / "dists" / suite
     (dists / "Release").write_text(release)
-    gpg("--local-user", fingerprint, "--clearsign", "--output", str(dists / "InRelease"),
+    gpg("--local-user", fingerprints[signer], "--clearsign", "--output", str(dists / "InRelease"),
         str(dists / "Release"))  # fmt: skip
     return key, fingerprint
 
@@ -287,3 +300,13 @@ def test_pgdg_key_with_another_fingerprint_is_refused(built, tmp_path):
         run_postgresql_pgdg(built, tmp_path, tmp_path / "pgdg", wrong)
     log = (tmp_path / "work" / "build.log").read_text()
     assert f"does not have fingerprint {wrong}; refusing it" in log
+
+
+def test_pgdg_index_signed_by_another_key_is_refused_by_apt(built, tmp_path):
+    """Signed-By binds the repository to the pinned key: an index signed otherwise fails."""
+    key, fingerprint = signed_repository(tmp_path / "pgdg", "bookworm-pgdg", signer="other")
+    with pytest.raises(localbuild.BuildError):
+        run_postgresql_pgdg(built, tmp_path, tmp_path / "pgdg", fingerprint)
+    log = (tmp_path / "work" / "build.log").read_text()
+    assert "NO_PUBKEY" in log or "not signed" in log, log[-2000:]
+    assert "FAILED postgresql/15-add-pgdg-repository.sh" in log
