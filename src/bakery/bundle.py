@@ -18,7 +18,7 @@ from . import checks
 from .config import Settings
 from .errors import BakeryError, ConfigError, Problem
 from .plan import Node, Plan
-from .secrets import Secret, SecretStore, scram_verifier
+from .secrets import Secret, SecretStore
 from .templating import make_environment, render
 
 # Nova refuses user-data whose base64 form is larger than this.
@@ -81,6 +81,7 @@ class _ClusterMaterial:
     passwords: dict[str, Secret]
     gossip_key: Secret | None
     acl_token: Secret | None
+    admin_verifier: str
     s3_key: Secret | None
     s3_key_secret: Secret | None
 
@@ -142,7 +143,16 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
         s3_key = resolve(repo.key, "bakery.cluster.pgbackrest.repo.key")
         s3_secret = resolve(repo.key_secret, "bakery.cluster.pgbackrest.repo.key_secret")
     # Passwords last: they are the only thing written to the state directory here.
-    return _ClusterMaterial(ca, consul_ca, store.passwords(), gossip, token, s3_key, s3_secret)
+    return _ClusterMaterial(
+        ca,
+        consul_ca,
+        store.passwords(),
+        gossip,
+        token,
+        store.scram_verifier("admin"),
+        s3_key,
+        s3_secret,
+    )
 
 
 def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> Bundle:
@@ -255,7 +265,7 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
         "overlay_on": settings.overlay.type == "nebula",
         "passwords": material.passwords,
         "consul_token": material.acl_token,
-        "admin_verifier": scram_verifier(material.passwords["admin"].value),
+        "admin_verifier": material.admin_verifier,
         "bootstrap_dcs": bootstrap_dcs,
         "local_parameters": local_parameters,
         "pg_hba": pg_hba(pg.allowed_networks),

@@ -82,7 +82,8 @@ def check_envfile(text: str, context: dict) -> None:
 def parse_envfile(text: str) -> dict[str, str]:
     """Parse KEY="value" lines as systemd does for the values bakery writes."""
     values = {}
-    for line in text.splitlines():
+    # systemd splits on "\n" only; str.splitlines would also split on U+0085, U+2028, ...
+    for line in text.split("\n"):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, sep, raw = line.partition("=")

@@ -38,8 +38,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# YAML readers treat these as line breaks even inside quotes; only "..." escapes them safely.
+_YAML_BREAKS = frozenset("\x85\u2028\u2029")
+
+
 def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in data else None
+    if _YAML_BREAKS.intersection(data):
+        style = '"'
+    else:
+        style = "|" if "\n" in data else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
@@ -52,8 +59,13 @@ def to_yaml_inline(value: Any) -> str:
     if isinstance(value, str):
         text = yaml.safe_dump(value, default_style='"', width=float("inf"), allow_unicode=True)
     else:
-        text = yaml.safe_dump(
-            value, default_flow_style=True, width=float("inf"), allow_unicode=True, sort_keys=False
+        text = yaml.dump(
+            value,
+            Dumper=_Dumper,
+            default_flow_style=True,
+            width=float("inf"),
+            allow_unicode=True,
+            sort_keys=False,
         )
     return text.removesuffix("\n...\n").rstrip("\n")
 
@@ -70,7 +82,9 @@ def to_yaml_nested(value: Any, indent: int) -> str:
     value = _plain(value)
     if not value:
         return " " + to_yaml_inline(value)
-    block = yaml.safe_dump(value, sort_keys=False, width=float("inf"), allow_unicode=True)
+    block = yaml.dump(
+        value, Dumper=_Dumper, sort_keys=False, width=float("inf"), allow_unicode=True
+    )
     return "\n" + textwrap.indent(block.rstrip("\n"), " " * indent)
 
 
