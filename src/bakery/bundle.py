@@ -269,18 +269,12 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
         "bootstrap_dcs": bootstrap_dcs,
         "local_parameters": local_parameters,
         "pg_hba": pg_hba(pg.allowed_networks),
-        "etcd_hosts": [f"{m.address}:{(dcs.etcd3 or _default_etcd3()).port}" for m in dcs.members],
+        "etcd_hosts": [f"{m.address}:{dcs.etcd3.port}" for m in dcs.members] if dcs.etcd3 else [],
         "repo": cluster.pgbackrest.repo,
         "retention_full": cluster.pgbackrest.retention_full,
         "s3_key": material.s3_key,
         "s3_key_secret": material.s3_key_secret,
     }
-
-
-def _default_etcd3():
-    from .config import Etcd3
-
-    return Etcd3()
 
 
 def pg_hba(networks: list) -> list[str]:
