@@ -1,9 +1,11 @@
 """The command line as a user meets it: the real `invoke` with config files."""
 
 import json
+import os
 import stat
+import subprocess
 
-from tests.helpers import base_config, invoke, merged, tree, write_config
+from tests.helpers import INVOKE, PROJECT, base_config, invoke, merged, tree, write_config
 
 
 def test_every_task_and_option_is_documented():
@@ -108,3 +110,33 @@ def test_check_task_reports_a_valid_config(tmp_path):
     result = invoke("-f", str(config), "check")
     assert result.returncode == 0
     assert result.stdout.startswith("configuration valid: cluster patroni42")
+
+
+def test_environment_overrides_project_config_and_runtime_file_wins(tmp_path):
+    """Invoke's precedence: INVOKE_BAKERY_* beats invoke.yaml; `-f FILE` beats both."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tasks.py").write_text((PROJECT / "tasks.py").read_text())
+    write_config(project / "invoke.yaml", base_config(tmp_path))
+    env = {"INVOKE_BAKERY_CLUSTER_SCOPE": "fromenv"}
+    result = subprocess.run(
+        [str(INVOKE), "check"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.stdout.startswith("configuration valid: cluster fromenv"), result.stderr
+    runtime = write_config(
+        tmp_path / "runtime.yaml", merged(base_config(tmp_path), **{"cluster.scope": "fromfile"})
+    )
+    result = subprocess.run(
+        [str(INVOKE), "-f", str(runtime), "check"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.stdout.startswith("configuration valid: cluster fromfile"), result.stderr
