@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import BakeryError
@@ -32,7 +33,8 @@ IPv4 = ipaddress.IPv4Address
 @dataclass(frozen=True)
 class CertificateAuthority:
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey | None  # None: only the certificate is known (trust only)
+    # An existing CA (the Consul cluster's, say) may have an RSA key; None: trust only.
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None
 
     @property
     def cert_pem(self) -> str:
@@ -152,18 +154,12 @@ def load_ca(cert_path: Path, key_path: Path | None, field: str) -> CertificateAu
             raise BakeryError(
                 f"{field}: {key_path} is not an unencrypted PEM key ({error})"
             ) from None
-        if not isinstance(loaded, ec.EllipticCurvePrivateKey | _rsa_key_type()):
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise BakeryError(f"{field}: {key_path}: only EC and RSA CA keys are supported")
         if loaded.public_key().public_numbers() != cert.public_key().public_numbers():
             raise BakeryError(f"{field}: {key_path} is not the key of {cert_path}")
         key = loaded
     return CertificateAuthority(cert, key)
-
-
-def _rsa_key_type() -> type:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    return rsa.RSAPrivateKey
 
 
 def issue(ca: CertificateAuthority, spec: LeafSpec) -> KeyPair:
@@ -222,7 +218,7 @@ def _still_fits(cert: x509.Certificate, ca: CertificateAuthority, spec: LeafSpec
         return False
     try:
         cert.verify_directly_issued_by(ca.cert)
-    except (ValueError, TypeError, Exception):  # InvalidSignature has no common base
+    except (ValueError, TypeError, InvalidSignature):
         return False
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     if sorted(san.get_values_for_type(x509.DNSName)) != sorted(spec.dns_names):
