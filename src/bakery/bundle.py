@@ -1,0 +1,398 @@
+"""The node bundle: every file a node receives at first boot, and the user-data that writes it.
+
+`build_bundles` does all checks that can be made before anything is created (CA files, secret
+sources, nebula-cert), then renders each file, parses it back (`checks`), and returns the
+bundles in memory; `write_bundles` puts them on disk. Paths on the node follow
+docs/node-layout.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from . import checks
+from .config import Settings
+from .errors import BakeryError, ConfigError, Problem
+from .plan import Node, Plan
+from .secrets import Secret, SecretStore
+from .templating import make_environment, render
+
+# Nova refuses user-data whose base64 form is larger than this.
+USER_DATA_LIMIT = 65535
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Where the bundle's files live on the node (docs/node-layout.md)."""
+
+    major: int
+    config: str = "/etc/patroni/patroni.yml"
+    env: str = "/etc/patroni/patroni.env"
+    post_bootstrap: str = "/etc/patroni/post-bootstrap.sh"
+    ca: str = "/etc/patroni/tls/ca.pem"
+    node_cert: str = "/etc/patroni/tls/node.pem"
+    node_key: str = "/etc/patroni/tls/node.key"
+    pgpass: str = "/var/lib/postgresql/.pgpass.patroni"
+    pgbackrest: str = "/etc/pgbackrest/pgbackrest.conf"
+
+    @property
+    def bin_dir(self) -> str:
+        return f"/usr/lib/postgresql/{self.major}/bin"
+
+    @property
+    def data_dir(self) -> str:
+        return f"/var/lib/postgresql/{self.major}/patroni"
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    path: str
+    content: str
+    owner: str
+    mode: str  # as cloud-init wants it: a string such as '0600'
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    node: Node
+    files: list[BundleFile]
+    services: list[str]
+    user_data: str = field(repr=False)
+
+    @property
+    def user_data_base64_size(self) -> int:
+        return len(base64.b64encode(self.user_data.encode()))
+
+
+@dataclass(frozen=True)
+class _ClusterMaterial:
+    """What every node shares: CAs, secrets, cluster-wide settings."""
+
+    ca: Any
+    consul_ca: Any
+    passwords: dict[str, Secret]
+    gossip_key: Secret | None
+    acl_token: Secret | None
+    admin_verifier: str
+    s3_key: Secret | None
+    s3_key_secret: Secret | None
+
+
+def build_bundles(settings: Settings, plan: Plan, environ: dict[str, str] | None = None) -> list:
+    """Render and check every node's bundle. Creates secrets and certificates in the state
+    directory on first use, but only after every preflight check has passed."""
+    _check_addresses_allowed(settings, plan)
+    material = _prepare(settings, environ)
+    env = make_environment(settings.template_overrides)
+    return [_bundle(settings, env, material, node) for node in plan.nodes]
+
+
+def _check_addresses_allowed(settings: Settings, plan: Plan) -> None:
+    networks = settings.cluster.postgresql.allowed_networks
+    problems = [
+        Problem(
+            "bakery.cluster.postgresql.allowed_networks",
+            f"node {node.name} speaks on {node.address}, outside every allowed network "
+            f"({', '.join(map(str, networks))}): replication from it would be refused",
+        )
+        for node in plan.nodes
+        if not any(node.address in net for net in networks)
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMaterial:
+    from . import pki  # cryptography is heavy: loaded only when certificates are needed
+
+    ca = pki.load_ca(settings.pki.ca_cert, settings.pki.ca_key, "bakery.pki")
+    consul = settings.cluster.dcs.consul if settings.cluster.dcs.type == "consul" else None
+    consul_ca = None
+    if consul is not None:
+        where = "bakery.cluster.dcs.consul"
+        cert = consul.ca_cert or settings.pki.ca_cert
+        key = None if consul.auto_encrypt else (consul.ca_key or settings.pki.ca_key)
+        consul_ca = pki.load_ca(cert, key, where)
+    if settings.overlay.type == "nebula":
+        pki.nebula_cert_binary()
+        for key in ("ca_cert", "ca_key"):
+            path = getattr(settings.overlay, key)
+            if not path.exists():
+                raise BakeryError(
+                    f"bakery.overlay.{key}: {path} does not exist (create a Nebula CA with "
+                    "`invoke ca`, or point to your overlay's CA)"
+                )
+    store = SecretStore(settings.state_dir, environ)
+    resolve = store.resolve
+    where = "bakery.cluster.dcs.consul"
+    gossip = (
+        resolve(consul.gossip_key, f"{where}.gossip_key") if consul and consul.gossip_key else None
+    )
+    token = resolve(consul.acl_token, f"{where}.acl_token") if consul and consul.acl_token else None
+    repo = settings.cluster.pgbackrest.repo
+    s3_key = s3_secret = None
+    if repo.type == "s3":
+        s3_key = resolve(repo.key, "bakery.cluster.pgbackrest.repo.key")
+        s3_secret = resolve(repo.key_secret, "bakery.cluster.pgbackrest.repo.key_secret")
+    # Passwords last: they are the only thing written to the state directory here.
+    return _ClusterMaterial(
+        ca,
+        consul_ca,
+        store.passwords(),
+        gossip,
+        token,
+        store.scram_verifier("admin"),
+        s3_key,
+        s3_secret,
+    )
+
+
+def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> Bundle:
+    from . import pki
+
+    cluster = settings.cluster
+    paths = NodePaths(cluster.postgresql.major)
+    node_dir = settings.state_dir / "nodes" / node.name
+    tls = pki.issue_cached(
+        node_dir,
+        "node",
+        material.ca,
+        node.name,
+        [node.name],
+        node.addresses,
+        settings.pki.cert_days,
+    )
+    context = _context(settings, material, node, paths)
+    text = {
+        "patroni.yml": render(env, "patroni.yml.j2", **context),
+        "patroni.env": render(env, "patroni.env.j2", **context),
+        "post-bootstrap.sh": render(env, "post-bootstrap.sh.j2", **context),
+        "pgbackrest.conf": render(env, "pgbackrest.conf.j2", **context),
+    }
+    checks.check_patroni(text["patroni.yml"], context)
+    checks.check_envfile(text["patroni.env"], context)
+    checks.check_ini(text["pgbackrest.conf"], context)
+    files = [
+        BundleFile(paths.config, text["patroni.yml"], "postgres:postgres", "0600"),
+        BundleFile(paths.env, text["patroni.env"], "postgres:postgres", "0600"),
+        BundleFile(paths.post_bootstrap, text["post-bootstrap.sh"], "postgres:postgres", "0700"),
+        BundleFile(paths.ca, material.ca.cert_pem, "postgres:postgres", "0644"),
+        BundleFile(paths.node_cert, tls.cert_pem, "postgres:postgres", "0644"),
+        BundleFile(paths.node_key, tls.key_pem, "postgres:postgres", "0600"),
+        BundleFile(paths.pgbackrest, text["pgbackrest.conf"], "postgres:postgres", "0600"),
+    ]
+    services = []
+    if settings.overlay.type == "nebula":
+        files += _nebula_files(settings, env, context, node, node_dir)
+        services.append("nebula.service")
+    if cluster.dcs.type == "consul":
+        files += _consul_files(settings, env, context, material, node, node_dir)
+        services.append("consul.service")
+    services.append("patroni.service")
+    runcmd = [["systemctl", "enable", "--now", service] for service in services]
+    write_files = [
+        {"path": f.path, "owner": f.owner, "permissions": f.mode, "content": f.content}
+        for f in files
+    ]
+    user_data = render(env, "launch.yaml.j2", **context, write_files=write_files, runcmd=runcmd)
+    checks.check_user_data(user_data, write_files, runcmd)
+    bundle = Bundle(node, files, services, user_data)
+    if bundle.user_data_base64_size > USER_DATA_LIMIT:
+        raise BakeryError(
+            f"node {node.name}: user-data is {bundle.user_data_base64_size} bytes in base64, "
+            f"over Nova's limit of {USER_DATA_LIMIT}"
+        )
+    return bundle
+
+
+def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: NodePaths):
+    cluster = settings.cluster
+    pg = cluster.postgresql
+    timings = cluster.patroni
+    dcs = cluster.dcs
+    cluster_parameters: dict[str, Any] = {
+        "wal_level": "replica",
+        "hot_standby": "on",
+        "wal_log_hints": "on",
+        "password_encryption": "scram-sha-256",
+        "max_wal_senders": 10,
+        "max_replication_slots": 10,
+    }
+    if cluster.pgbackrest.archive:
+        cluster_parameters |= {
+            "archive_mode": "on",
+            # Cluster-wide (it lives in the DCS): nothing node-specific may appear in it.
+            "archive_command": f"pgbackrest --stanza={cluster.scope} archive-push %p",
+        }
+    cluster_parameters |= pg.parameters
+    bootstrap_dcs = {
+        "ttl": timings.ttl,
+        "loop_wait": timings.loop_wait,
+        "retry_timeout": timings.retry_timeout,
+        "maximum_lag_on_failover": timings.maximum_lag_on_failover,
+        "synchronous_mode": timings.synchronous_mode,
+        "synchronous_mode_strict": timings.synchronous_mode_strict,
+        "failsafe_mode": timings.failsafe_mode,
+        "postgresql": {
+            "use_pg_rewind": True,
+            "use_slots": True,
+            "parameters": cluster_parameters,
+        },
+    }
+    local_parameters = {
+        "ssl": "on",
+        "ssl_cert_file": paths.node_cert,
+        "ssl_key_file": paths.node_key,
+        "ssl_ca_file": paths.ca,
+        "ssl_min_protocol_version": "TLSv1.2",
+        "unix_socket_directories": "/var/run/postgresql",
+    }
+    return {
+        "node": node,
+        "cluster": cluster,
+        "dcs": dcs,
+        "postgresql": pg,
+        "paths": paths,
+        "overlay": settings.overlay,
+        "overlay_on": settings.overlay.type == "nebula",
+        "passwords": material.passwords,
+        "consul_token": material.acl_token,
+        "admin_verifier": material.admin_verifier,
+        "bootstrap_dcs": bootstrap_dcs,
+        "local_parameters": local_parameters,
+        "pg_hba": pg_hba(pg.allowed_networks),
+        "etcd_hosts": [f"{m.address}:{(dcs.etcd3 or _default_etcd3()).port}" for m in dcs.members],
+        "repo": cluster.pgbackrest.repo,
+        "retention_full": cluster.pgbackrest.retention_full,
+        "s3_key": material.s3_key,
+        "s3_key_secret": material.s3_key_secret,
+    }
+
+
+def _default_etcd3():
+    from .config import Etcd3
+
+    return Etcd3()
+
+
+def pg_hba(networks: list) -> list[str]:
+    """Client authentication: TLS and SCRAM from the allowed networks, nothing else.
+
+    Patroni's local replication check connects to 127.0.0.1 without TLS, hence that one line.
+    Order matters: PostgreSQL takes the first line that matches.
+    """
+    lines = [
+        "local all postgres peer",
+        "local all all scram-sha-256",
+        "host all all 127.0.0.1/32 scram-sha-256",
+        "host replication replicator 127.0.0.1/32 scram-sha-256",
+    ]
+    for net in networks:
+        lines.append(f"hostssl replication replicator {net} scram-sha-256")
+        lines.append(f"hostssl all all {net} scram-sha-256")
+    lines += [
+        "host replication all 0.0.0.0/0 reject",
+        "host all all 0.0.0.0/0 reject",
+        "host replication all ::/0 reject",
+        "host all all ::/0 reject",
+    ]
+    return lines
+
+
+def _nebula_files(settings, env, context, node: Node, node_dir: Path) -> list[BundleFile]:
+    from . import pki
+
+    overlay = settings.overlay
+    host = pki.nebula_host(
+        node_dir,
+        overlay.ca_cert,
+        overlay.ca_key,
+        node.name,
+        node.overlay_address,
+        overlay.cidr.prefixlen,
+        overlay.groups,
+    )
+    nebula_context = {
+        **context,
+        "static_host_map": {
+            str(lh.overlay_address): [lh.public_address] for lh in overlay.lighthouses
+        },
+        "lighthouse_hosts": [str(lh.overlay_address) for lh in overlay.lighthouses],
+    }
+    config = render(env, "nebula.yml.j2", **nebula_context)
+    checks.check_nebula(config, nebula_context)
+    return [
+        BundleFile("/etc/nebula/config.yml", config, "root:root", "0600"),
+        BundleFile("/etc/nebula/ca.crt", overlay.ca_cert.read_text(), "root:root", "0644"),
+        BundleFile("/etc/nebula/host.crt", host.cert_pem, "root:root", "0644"),
+        BundleFile("/etc/nebula/host.key", host.key_pem, "root:root", "0600"),
+    ]
+
+
+def _consul_files(settings, env, context, material, node: Node, node_dir: Path):
+    from . import pki
+
+    consul = settings.cluster.dcs.consul
+    consul_context = {
+        **context,
+        "consul": consul,
+        "retry_join": [m.address for m in settings.cluster.dcs.members],
+        "gossip_key": material.gossip_key,
+        "acl_token": material.acl_token,
+    }
+    text = render(env, "consul.hcl.j2", **consul_context)
+    checks.check_consul(text, consul_context)
+    files = [
+        BundleFile("/etc/consul.d/consul.hcl", text, "consul:consul", "0640"),
+        BundleFile(
+            "/etc/consul.d/tls/ca.pem", material.consul_ca.cert_pem, "consul:consul", "0644"
+        ),
+    ]
+    if not consul.auto_encrypt:
+        client = pki.issue_cached(
+            node_dir,
+            "consul-client",
+            material.consul_ca,
+            f"client.{consul.datacenter}.consul",
+            [f"client.{consul.datacenter}.consul", "localhost"],
+            [],
+            settings.pki.cert_days,
+            server=True,  # Consul's own client certificates carry both usages
+        )
+        files += [
+            BundleFile("/etc/consul.d/tls/client.pem", client.cert_pem, "consul:consul", "0644"),
+            BundleFile("/etc/consul.d/tls/client.key", client.key_pem, "consul:consul", "0600"),
+        ]
+    return files
+
+
+def describe(bundle: Bundle) -> dict[str, Any]:
+    """The manifest entry of a node: no secret, only what a reviewer or a tool needs."""
+    node = bundle.node
+    return {
+        "name": node.name,
+        "az": node.az,
+        "environment": node.environment,
+        "private_address": str(node.private_address) if node.private_address else None,
+        "overlay_address": str(node.overlay_address) if node.overlay_address else None,
+        "services": bundle.services,
+        "user_data_bytes": len(bundle.user_data.encode()),
+        "user_data_base64_bytes": bundle.user_data_base64_size,
+        "files": [
+            {"path": f.path, "owner": f.owner, "mode": f.mode, "sha256": f.sha256}
+            for f in bundle.files
+        ],
+    }
+
+
+def node_file_path(root: Path, path: str) -> Path:
+    """Where a node path lands under a directory (`files/etc/patroni/...`)."""
+    return root / PurePosixPath(path).relative_to("/")

@@ -1,0 +1,381 @@
+"""Load and validate bakery's settings: every problem reported at once, with its field path.
+
+Settings live under the `bakery:` key of Invoke's configuration (invoke.yaml, `invoke -f
+FILE`, INVOKE_BAKERY_* environment variables). Structure and types are checked by the pydantic
+models below; the checks that relate fields to each other (an AZ's environment exists, DCS
+failure domains name AZs, overlay ranges do not collide, ...) run in `topology_problems` once the
+structure is sound, so a user sees every problem of a kind in one run.
+
+Relative paths are taken relative to the working directory (where tasks.py is).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError, Problem
+
+# A DNS label: used for names that end up in host names, Consul service names and file names.
+Label = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+# Cloud resource names as the user wrote them in their cloud; printable, single line.
+CloudName = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,255}$")]
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+IPv4Net = ipaddress.IPv4Network
+IPv4Addr = ipaddress.IPv4Address
+
+
+class Model(BaseModel):
+    """Strict base: unknown keys are errors (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretSource(Model):
+    """Where a secret the user owns comes from: an environment variable or a file (0600)."""
+
+    env: Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretSource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' (a variable name) or 'file' (a path)")
+        return self
+
+
+class Environment(Model):
+    """One OpenStack cloud: an entry of clouds.yaml."""
+
+    cloud: CloudName
+    region: CloudName | None = None
+
+
+class AvailabilityZone(Model):
+    """What an `--az` label means: where and how its nodes are created."""
+
+    environment: Label
+    compute_az: CloudName | None = None
+    network: CloudName
+    subnet: IPv4Net | None = None
+    flavor: CloudName
+    key_pair: CloudName | None = None
+    security_groups: list[CloudName] = []
+    nodes: Annotated[int, Field(ge=1, le=9)] = 1
+    # Private addresses for `render` without a cloud (launch takes them from the ports it makes).
+    addresses: list[IPv4Addr] = []
+
+    @model_validator(mode="after")
+    def _addresses_fit(self) -> AvailabilityZone:
+        if len(self.addresses) > self.nodes:
+            raise ValueError(f"{len(self.addresses)} addresses given for {self.nodes} node(s)")
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ValueError("addresses repeat")
+        if self.subnet is not None:
+            outside = [str(a) for a in self.addresses if a not in self.subnet]
+            if outside:
+                raise ValueError(f"addresses {outside} are outside subnet {self.subnet}")
+        return self
+
+
+class Image(Model):
+    definition: Label = "postgresql14-patroni"
+
+
+class DcsMember(Model):
+    """One server of the DCS (a Consul server or an etcd member) and where it runs."""
+
+    address: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.:-]{1,253}$")]
+    # An AZ label from `azs`, or `external` for a member outside every AZ the cluster uses.
+    failure_domain: Label
+
+
+class Consul(Model):
+    datacenter: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    auto_encrypt: bool = True
+    gossip_key: SecretSource | None = None
+    acl_token: SecretSource | None = None
+    # The Consul cluster's CA; defaults to pki.ca_cert. Its key signs the client certificate
+    # when auto_encrypt is off.
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+    http_port: PortNumber = 8500
+
+
+class Etcd3(Model):
+    port: PortNumber = 2379
+    protocol: Literal["http", "https"] = "http"
+
+
+class Dcs(Model):
+    type: Literal["consul", "etcd3"] = "consul"
+    members: Annotated[list[DcsMember], Field(min_length=1)]
+    consul: Consul | None = None
+    etcd3: Etcd3 | None = None
+
+
+class PatroniTimings(Model):
+    """Patroni's DCS timings; the bounds are Patroni's own (it refuses values outside them)."""
+
+    ttl: Annotated[int, Field(ge=20)] = 30
+    loop_wait: Annotated[int, Field(ge=1)] = 10
+    retry_timeout: Annotated[int, Field(ge=3)] = 10
+    maximum_lag_on_failover: Annotated[int, Field(ge=0)] = 1048576
+    synchronous_mode: bool = False
+    synchronous_mode_strict: bool = False
+    failsafe_mode: bool = False
+
+    @model_validator(mode="after")
+    def _timings_fit(self) -> PatroniTimings:
+        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
+            raise ValueError(
+                f"loop_wait + 2 * retry_timeout = {self.loop_wait + 2 * self.retry_timeout} "
+                f"exceeds ttl = {self.ttl}; Patroni needs loop_wait + 2*retry_timeout <= ttl"
+            )
+        return self
+
+
+ParameterValue = str | bool | int | float
+
+
+class Postgresql(Model):
+    major: Annotated[int, Field(ge=13, le=17)] = 14
+    port: PortNumber = 5432
+    parameters: dict[
+        Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_.]*$")], ParameterValue
+    ] = {}
+    # Networks whose clients may connect (hostssl + scram-sha-256); everything else is rejected.
+    allowed_networks: Annotated[list[IPv4Net], Field(min_length=1)]
+
+    @field_validator("parameters")
+    @classmethod
+    def _single_line(cls, parameters: dict[str, ParameterValue]) -> dict[str, ParameterValue]:
+        for name, value in parameters.items():
+            if isinstance(value, str) and ("\n" in value or "\r" in value or "\x00" in value):
+                raise ValueError(f"parameter {name!r} contains a line break or NUL")
+        return parameters
+
+
+class PosixRepo(Model):
+    type: Literal["posix"]
+    path: Path = Path("/var/lib/pgbackrest")
+
+
+class S3Repo(Model):
+    type: Literal["s3"]
+    bucket: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    endpoint: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.:-]{1,253}$")]
+    region: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    path: Path = Path("/pgbackrest")
+    key: SecretSource
+    key_secret: SecretSource
+
+
+class PgBackRest(Model):
+    repo: Annotated[PosixRepo | S3Repo, Field(discriminator="type")] = PosixRepo(type="posix")
+    retention_full: Annotated[int, Field(ge=1, le=99)] = 2
+    # WAL archiving to the repository. Off by default: a posix repository on one node's disk
+    # is not reachable after a failover, and an archive_command that fails keeps WAL forever.
+    # Turn it on with a shared repository (S3, or a shared mount).
+    archive: bool = False
+
+
+class Cluster(Model):
+    name_prefix: Label = "postgresql"
+    scope: Label
+    namespace: Label = "service"
+    dcs: Dcs
+    patroni: PatroniTimings = PatroniTimings()
+    postgresql: Postgresql
+    pgbackrest: PgBackRest = PgBackRest()
+
+
+class Pki(Model):
+    """The cluster CA: signs the REST API and PostgreSQL server certificates."""
+
+    ca_cert: Path
+    ca_key: Path
+    cert_days: Annotated[int, Field(ge=1, le=3650)] = 365
+
+
+class Lighthouse(Model):
+    overlay_address: IPv4Addr
+    # host:port of the lighthouse on the underlay, as Nebula's static_host_map wants it.
+    public_address: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,253}:[0-9]{1,5}$")]
+
+
+class Overlay(Model):
+    type: Literal["none", "nebula"] = "none"
+    cidr: IPv4Net | None = None
+    listen_port: PortNumber = 4242
+    first_node_address: IPv4Addr | None = None
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+    lighthouses: list[Lighthouse] = []
+    groups: list[Label] = ["postgres"]
+
+
+class Settings(Model):
+    state_dir: Path = Path(".bakery")
+    # Templates here are used instead of the project's own of the same name.
+    template_overrides: Path | None = None
+    environments: Annotated[dict[Label, Environment], Field(min_length=1)]
+    azs: Annotated[dict[Label, AvailabilityZone], Field(min_length=1)]
+    image: Image = Image()
+    cluster: Cluster
+    pki: Pki
+    overlay: Overlay = Overlay()
+
+
+def load_settings(raw: Mapping[str, Any] | None) -> Settings:
+    """Validate the `bakery:` section; raise ConfigError listing every problem found."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            [Problem("bakery", "section missing: give a config with a 'bakery:' key")]
+        )
+    try:
+        settings = Settings.model_validate(dict(raw))
+    except ValidationError as error:
+        raise ConfigError([_problem(e) for e in error.errors()]) from None
+    problems = topology_problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _problem(error: Mapping[str, Any]) -> Problem:
+    path = ".".join(["bakery", *(str(p) for p in error["loc"])])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return Problem(path, "unknown key (check the spelling; see examples/)")
+    if error["type"] == "missing":
+        return Problem(path, "required, but missing")
+    return Problem(path, f"{message} (got {_short(error.get('input'))})")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def topology_problems(settings: Settings) -> list[Problem]:
+    """Checks across fields: references resolve, ranges do not collide, the DCS is coherent."""
+    problems: list[Problem] = []
+    for label, az in settings.azs.items():
+        if az.environment not in settings.environments:
+            problems.append(
+                Problem(
+                    f"bakery.azs.{label}.environment",
+                    f"{az.environment!r} is not an environment; "
+                    f"known: {', '.join(sorted(settings.environments))}",
+                )
+            )
+    problems += _dcs_problems(settings)
+    problems += _overlay_problems(settings)
+    problems += _name_problems(settings)
+    return problems
+
+
+def _dcs_problems(settings: Settings) -> list[Problem]:
+    dcs = settings.cluster.dcs
+    where = "bakery.cluster.dcs"
+    problems = []
+    allowed = {*settings.azs, "external"}
+    for i, member in enumerate(dcs.members):
+        if member.failure_domain not in allowed:
+            problems.append(
+                Problem(
+                    f"{where}.members.{i}.failure_domain",
+                    f"{member.failure_domain!r} is neither an AZ label nor 'external'; "
+                    f"allowed: {', '.join(sorted(allowed))}",
+                )
+            )
+    addresses = [m.address for m in dcs.members]
+    if len(set(addresses)) != len(addresses):
+        problems.append(Problem(f"{where}.members", "a member address appears twice"))
+    other = "etcd3" if dcs.type == "consul" else "consul"
+    if getattr(dcs, other) is not None:
+        problems.append(
+            Problem(f"{where}.{other}", f"set, but {where}.type is {dcs.type!r}: remove one")
+        )
+    if dcs.type == "consul" and dcs.consul is None:
+        problems.append(
+            Problem(f"{where}.consul", "required when type is 'consul' (at least datacenter)")
+        )
+    return problems
+
+
+def _overlay_problems(settings: Settings) -> list[Problem]:
+    overlay = settings.overlay
+    where = "bakery.overlay"
+    if overlay.type == "none":
+        return [
+            Problem(f"{where}.{key}", "set, but overlay.type is 'none'")
+            for key in ("cidr", "first_node_address", "ca_cert", "ca_key")
+            if getattr(overlay, key) is not None
+        ] + (
+            [Problem(f"{where}.lighthouses", "set, but overlay.type is 'none'")]
+            if overlay.lighthouses
+            else []
+        )
+    problems = [
+        Problem(f"{where}.{key}", "required when overlay.type is 'nebula'")
+        for key in ("cidr", "ca_cert", "ca_key")
+        if getattr(overlay, key) is None
+    ]
+    if not overlay.lighthouses:
+        problems.append(Problem(f"{where}.lighthouses", "at least one lighthouse is required"))
+    if overlay.cidr is None:
+        return problems
+    for i, lighthouse in enumerate(overlay.lighthouses):
+        if lighthouse.overlay_address not in overlay.cidr:
+            problems.append(
+                Problem(
+                    f"{where}.lighthouses.{i}.overlay_address",
+                    f"{lighthouse.overlay_address} is outside overlay.cidr {overlay.cidr}",
+                )
+            )
+    first = overlay.first_node_address
+    if first is not None and first not in overlay.cidr:
+        problems.append(
+            Problem(
+                f"{where}.first_node_address", f"{first} is outside overlay.cidr {overlay.cidr}"
+            )
+        )
+    for label, az in settings.azs.items():
+        if az.subnet is not None and az.subnet.overlaps(overlay.cidr):
+            problems.append(
+                Problem(
+                    f"{where}.cidr",
+                    f"{overlay.cidr} overlaps bakery.azs.{label}.subnet {az.subnet}: "
+                    "overlay and underlay addresses must differ",
+                )
+            )
+    return problems
+
+
+def _name_problems(settings: Settings) -> list[Problem]:
+    """Node names are made from the environment: two AZs in one environment share a counter,
+    but a name must still fit a host name."""
+    longest = max(len(a.environment) for a in settings.azs.values())
+    length = longest + len(settings.cluster.name_prefix) + 4
+    if length > 63:
+        return [
+            Problem(
+                "bakery.cluster.name_prefix",
+                f"node names would be {length} characters; a host name allows 63",
+            )
+        ]
+    return []

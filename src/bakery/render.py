@@ -1,0 +1,56 @@
+"""`invoke render`: every node's bundle and user-data, written under one directory.
+
+Everything is rendered and checked in memory first; the directory is written only when every
+node succeeded, into a temporary sibling that replaces the old render in one rename.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from . import plan as planning
+from .bundle import Bundle, build_bundles, describe, node_file_path
+from .config import Settings
+from .errors import BakeryError
+from .files import write_file
+
+MANIFEST = "manifest.json"
+
+
+def render_cluster(
+    settings: Settings, az_labels: Iterable[str], environ: dict[str, str] | None = None
+) -> list[Bundle]:
+    """Plan and render the chosen AZs' nodes; record overlay addresses once all succeeded."""
+    plan = planning.make_plan(settings, az_labels)
+    bundles = build_bundles(settings, plan, environ)
+    planning.save(settings, plan)
+    return bundles
+
+
+def write_bundles(bundles: list[Bundle], out: Path, scope: str) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise BakeryError(
+            f"--out {out}: exists, is not empty and holds no bakery render ({MANIFEST}); "
+            "refusing to overwrite it: choose another directory"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for bundle in bundles:
+            node_dir = staging / bundle.node.name
+            write_file(node_dir / "user-data", bundle.user_data, 0o600)
+            for f in bundle.files:
+                write_file(node_file_path(node_dir / "files", f.path), f.content, int(f.mode, 8))
+        manifest = {"scope": scope, "nodes": [describe(b) for b in bundles]}
+        write_file(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        staging.chmod(0o700)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

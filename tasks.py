@@ -1,0 +1,96 @@
+"""bakery's command line: thin Invoke tasks.
+
+Each task parses its arguments, calls the bakery package and turns a BakeryError into a short
+message and a non-zero exit. Heavy imports happen inside the tasks, so `invoke --list` stays
+fast. Settings come from Invoke's configuration under `bakery:` (invoke.yaml, `invoke -f FILE`,
+INVOKE_BAKERY_* variables); BAKERY_DEBUG=1 shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+
+def _plain(value):
+    """Invoke's config proxies as plain dicts and lists, for validation."""
+    if hasattr(value, "keys"):
+        return {key: _plain(value[key]) for key in value}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@contextmanager
+def _reported(c):
+    """Turn bakery's errors into a clean exit; Ctrl-C into exit code 130."""
+    from bakery.errors import BakeryError
+
+    try:
+        yield
+    except BakeryError as error:
+        if os.environ.get("BAKERY_DEBUG"):
+            raise
+        raise Exit(f"bakery: {error}", code=1) from None
+    except KeyboardInterrupt:
+        raise Exit("bakery: interrupted", code=130) from None
+
+
+def _settings(c):
+    from bakery.config import load_settings
+
+    return load_settings(_plain(c.config.get("bakery")))
+
+
+@task(
+    help={
+        "az": "AZ label from the config (repeat for several); default: every AZ",
+        "out": "directory for the bundles (replaced if it holds an earlier render)",
+    },
+    iterable=["az"],
+)
+def render(c, az, out="out/render"):
+    """Render every node's bundle and user-data, without any cloud access."""
+    with _reported(c):
+        from bakery.render import render_cluster, write_bundles
+
+        settings = _settings(c)
+        bundles = render_cluster(settings, az)
+        write_bundles(bundles, Path(out), settings.cluster.scope)
+        for bundle in bundles:
+            print(
+                f"{bundle.node.name}: {len(bundle.files)} files, services "
+                f"{', '.join(bundle.services)}, user-data {bundle.user_data_base64_size} "
+                "bytes in base64"
+            )
+        print(f"rendered {len(bundles)} node(s) into {out}")
+
+
+@task
+def ca(c):
+    """Create the CAs (and Consul trial keys) the config points to, where missing."""
+    with _reported(c):
+        from bakery.ca import create_missing
+
+        created = create_missing(_settings(c))
+        for line in created:
+            print(f"created {line}")
+        if not created:
+            print("nothing to create: every CA and key the config names exists")
+
+
+@task
+def check(c):
+    """Validate the configuration and report every problem."""
+    with _reported(c):
+        settings = _settings(c)
+        print(
+            f"configuration valid: cluster {settings.cluster.scope}, "
+            f"{len(settings.environments)} environment(s), AZs {', '.join(settings.azs)}"
+        )
+
+
+ns = Collection(render, ca, check)
