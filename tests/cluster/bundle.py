@@ -8,11 +8,11 @@ node root, which the node's own mount namespace puts back at the real paths (nod
 from __future__ import annotations
 
 import base64
+import grp
 import gzip
 import json
 import os
 import pwd
-import grp
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -73,9 +73,14 @@ def render(config: Path, out: Path, azs: list[str], log: Path) -> list[NodeBundl
         argv += ["--az", az]
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
     res = subprocess.run(
-        argv, cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
+        argv,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
         stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     log.write_text(f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}")
     if res.returncode != 0:
         raise RuntimeError(f"invoke render failed ({res.returncode}):\n{res.stdout}{res.stderr}")
@@ -146,8 +151,18 @@ def place(bundle: NodeBundle, root: Path) -> list[str]:
     return placed
 
 
+class Masked(str):
+    """A secret: a normal string to every program, '***' in any repr (pytest tracebacks)."""
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
 def parse_envfile(text: str) -> dict[str, str]:
-    """A systemd EnvironmentFile (KEY=VALUE, quotes and backslash escapes) as systemd reads it."""
+    """A systemd EnvironmentFile (KEY=VALUE, quotes and backslash escapes) as systemd reads it.
+
+    Values come back Masked: the file holds the node's passwords.
+    """
     env = {}
     for line in text.splitlines():
         line = line.strip()
@@ -156,7 +171,7 @@ def parse_envfile(text: str) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep:
             continue
-        env[key.strip()] = _unquote(value.strip())
+        env[key.strip()] = Masked(_unquote(value.strip()))
     return env
 
 

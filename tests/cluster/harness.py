@@ -6,6 +6,7 @@ Used by the tests (fixtures in conftest.py) and by bench/cluster_timings.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -22,14 +23,18 @@ from infra import Infra
 from netns import Network, ns_path, pids_in_netns
 from nodes import PG_BIN, Node
 from pgclient import Psql
-from processes import Supervisor, alive, wait_gone
+from processes import Started, Supervisor, alive, minimal_env, wait_gone
 from restapi import RestApi
 
 T = TypeVar("T")
+# Every cluster of this process, for the session's final leak check, and measured figures.
+RUNS: list[Cluster] = []
+FACTS: list[str] = []
 BASE = Path(os.environ.get("BAKERY_TEST_TMP", "/var/tmp"))
 UNDERLAY = "198.18.0"  # RFC 2544 benchmark range, and only inside the run's namespaces
 DCS_UNDERLAY = f"{UNDERLAY}.1"
 OUTSIDER_UNDERLAY = f"{UNDERLAY}.99"
+WRITER = Path(__file__).with_name("writer.py")
 
 
 class Timeout(AssertionError):
@@ -50,6 +55,32 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: fl
         if time.monotonic() > deadline:
             raise Timeout(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
         time.sleep(every)
+
+
+@dataclass
+class WriterLog:
+    """What the writer client saw: acknowledged rows (id -> node, epoch) and failures."""
+
+    acked: dict[int, tuple[str, float]]
+    errors: list[str]
+    done: bool
+
+    @classmethod
+    def read(cls, proc: Started) -> WriterLog:
+        acked, errors, done = {}, [], False
+        for line in proc.log.read_text(errors="replace").splitlines():
+            kind, _, rest = line.partition(" ")
+            if kind == "ack":
+                row, node, epoch = rest.split()
+                acked[int(row)] = (node, float(epoch))
+            elif kind == "err":
+                errors.append(rest)
+            elif kind == "done":
+                done = True
+        return cls(acked, errors, done)
+
+    def acked_by(self, node: str, after: float = 0.0) -> list[int]:
+        return [row for row, (n, t) in self.acked.items() if n == node and t > after]
 
 
 def new_run_id() -> str:
@@ -74,6 +105,7 @@ class Cluster:
         (self.base / "logs").mkdir()
         self.sup = Supervisor(self.run_id, self.base / "logs")
         self.net = Network(self.run_id)
+        RUNS.append(self)
 
     # --- building -------------------------------------------------------------------------
     def render(self) -> None:
@@ -105,10 +137,14 @@ class Cluster:
         prefix = int(overlay["cidr"].split("/")[1])
         state = Path(self.settings["state_dir"])
         self.infra = Infra(
-            dcs, self.base / "dcs", self.sup, lighthouse["overlay_address"], prefix,
+            dcs,
+            self.base / "dcs",
+            self.sup,
+            lighthouse["overlay_address"],
+            prefix,
             int(lighthouse["public_address"].rsplit(":", 1)[1]),
             (state / "nebula" / "ca.crt", state / "nebula" / "ca.key"),
-        )  # fmt: skip
+        )
         self.infra.start()
         for node in self.nodes.values():
             node.boot()
@@ -118,8 +154,18 @@ class Cluster:
         first = next(iter(self.nodes.values()))
         self.ca = str(first.file("/etc/patroni/tls/ca.pem"))
         env = first.patroni_env()
-        self.rest = RestApi(dcs.netns, self.ca, env["PATRONI_RESTAPI_USERNAME"],
-                            env["PATRONI_RESTAPI_PASSWORD"])  # fmt: skip
+        # The operator's client certificate is a node's, as patronictl's `ctl:` section uses.
+        cert = (
+            str(first.file("/etc/patroni/tls/node.pem")),
+            str(first.file("/etc/patroni/tls/node.key")),
+        )
+        self.rest = RestApi(
+            dcs.netns,
+            self.ca,
+            env["PATRONI_RESTAPI_USERNAME"],
+            env["PATRONI_RESTAPI_PASSWORD"],
+            cert,
+        )
         self.psql = Psql(dcs.netns, self.ca, password=env["PATRONI_SUPERUSER_PASSWORD"])
 
     def start(self) -> None:
@@ -160,38 +206,90 @@ class Cluster:
         name = wait_for(f"a leader other than {not_}" if not_ else "a leader", probe, timeout)
         return name, time.monotonic()
 
-    def streaming_replicas(self) -> list[str]:
-        return [m["name"] for m in self.members() or [] if m["role"] != "leader"
-                and m["state"] == "streaming"]  # fmt: skip
+    def status(self, name: str) -> dict[str, Any] | None:
+        """The node's own live status (GET /patroni): role, state, replication_state."""
+        resp = self.rest.try_get(self.nodes[name].address, "/patroni")
+        return resp.body if resp is not None and resp.status == 200 else None
+
+    def streaming(self, name: str) -> bool:
+        st = self.status(name)
+        return bool(
+            st and st.get("role") == "replica" and st.get("replication_state") == "streaming"
+        )
 
     def wait_streaming(self, timeout: float, name: str | None = None) -> tuple[str, float]:
         def probe() -> str | None:
-            names = self.streaming_replicas()
-            if name is None:
-                return names[0] if names else None
-            return name if name in names else None
+            for n in [name] if name else list(self.nodes):
+                if self.streaming(n):
+                    return n
+            return None
 
         return wait_for(f"{name or 'a replica'} streaming", probe, timeout), time.monotonic()
 
     def wait_healthy(self, timeout: float = 120) -> tuple[str, str]:
-        """One leader and the other node streaming from it; returns (leader, replica)."""
+        """One leader, and every other node a replica streaming; returns (leader, replica)."""
 
         def probe() -> tuple[str, str] | None:
-            members = self.members() or []
-            leaders = [m["name"] for m in members if m["role"] == "leader"
-                       and m["state"] == "running"]  # fmt: skip
-            streaming = [m["name"] for m in members if m["role"] != "leader"
-                         and m["state"] == "streaming"]  # fmt: skip
-            if len(leaders) == 1 and len(streaming) == len(self.nodes) - 1:
-                return leaders[0], streaming[0]
+            leader = self.leader()
+            if leader is None:
+                return None
+            others = [n for n in self.nodes if n != leader]
+            if all(self.streaming(n) for n in others):
+                return leader, others[0]
             return None
 
         return wait_for("one leader and a streaming replica", probe, timeout)
 
+    def write_probe(self, name: str) -> bool:
+        """One committed write on `name` from the client's side of the overlay."""
+        res = self.psql.run(
+            self.nodes[name].target,
+            "CREATE TABLE IF NOT EXISTS bkt_probe (at timestamptz NOT NULL);"
+            "INSERT INTO bkt_probe VALUES (clock_timestamp())",
+            timeout=10,
+        )
+        return res.returncode == 0
+
+    def wait_writable(self, name: str, timeout: float) -> float:
+        """Wait until `name` commits a write; returns the monotonic time it did."""
+        wait_for(f"{name} accepting writes", lambda: self.write_probe(name), timeout, every=0.1)
+        return time.monotonic()
+
+    def start_writer(self, table: str, seconds: float = 300) -> Started:
+        """The writer client (writer.py) in the DCS namespace, committing into `table`."""
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            self.infra.host.netns,
+            "/opt/patroni/bin/python",
+            str(WRITER),
+            "--ca",
+            self.ca,
+            "--table",
+            table,
+            "--seconds",
+            str(seconds),
+        ]
+        for node in self.nodes.values():
+            argv += ["--host", node.target]
+        env = minimal_env(PGPASSWORD=self.psql.password)
+        return self.sup.start(f"writer-{len(self.sup.procs)}", argv, env=env)
+
     def local_sql(self, name: str, sql: str, timeout: float = 10) -> subprocess.CompletedProcess:
         """psql as postgres over the node's own Unix socket: works even when it is cut off."""
-        argv = [f"{PG_BIN}/psql", "--no-psqlrc", "-X", "-At", "-h", "/run/postgresql",
-                "-d", "postgres", "-c", sql]  # fmt: skip
+        argv = [
+            f"{PG_BIN}/psql",
+            "--no-psqlrc",
+            "-X",
+            "-At",
+            "-h",
+            "/run/postgresql",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]
         return self.nodes[name].enter(argv, user="postgres", timeout=timeout, check=False)
 
     def is_writer(self, name: str) -> bool:
@@ -219,10 +317,8 @@ class Cluster:
         for name, inode in self.net.inodes.items():
             pids = [(pid, None) for pid in pids_in_netns(inode)]
             for pid, _ in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             left = wait_gone(pids, 5)
             problems += [f"process {pid} in {name} survived SIGKILL" for pid in left]
         problems += self.net.delete()
@@ -252,11 +348,15 @@ class Cluster:
             if base.encode() in cmdline or self.run_id.encode() in cmdline:
                 found.append(f"process {pid} refers to the run: {cmdline[:120]!r}")
         mounts = Path("/proc/self/mountinfo").read_text()
-        found += [f"mount left: {line}" for line in mounts.splitlines()
-                  if base in line or f"/run/netns/{self.run_id}" in line]  # fmt: skip
+        found += [
+            f"mount left: {line}"
+            for line in mounts.splitlines()
+            if base in line or f"/run/netns/{self.run_id}" in line
+        ]
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=10)
-        found += [f"link left: {line[:80]}" for line in links.stdout.splitlines()
-                  if self.run_id in line]  # fmt: skip
+        found += [
+            f"link left: {line[:80]}" for line in links.stdout.splitlines() if self.run_id in line
+        ]
         return found
 
     def remove_files(self) -> None:

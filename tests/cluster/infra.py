@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
 from netns import Host, entered
 from processes import Started, Supervisor, minimal_env
 
@@ -48,12 +47,29 @@ class Infra:
         d.mkdir(parents=True, exist_ok=True)
         ca_crt, ca_key = self.nebula_ca
         subprocess.run(
-            ["nebula-cert", "sign", "-ca-crt", str(ca_crt), "-ca-key", str(ca_key),
-             "-name", "lighthouse", "-ip", f"{self.overlay_address}/{self.overlay_prefix}",
-             "-groups", "lighthouse", "-out-crt", str(d / "host.crt"),
-             "-out-key", str(d / "host.key")],
-            check=True, capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "nebula-cert",
+                "sign",
+                "-ca-crt",
+                str(ca_crt),
+                "-ca-key",
+                str(ca_key),
+                "-name",
+                "lighthouse",
+                "-ip",
+                f"{self.overlay_address}/{self.overlay_prefix}",
+                "-groups",
+                "lighthouse",
+                "-out-crt",
+                str(d / "host.crt"),
+                "-out-key",
+                str(d / "host.key"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
         config = {
             "pki": {"ca": str(ca_crt), "cert": str(d / "host.crt"), "key": str(d / "host.key")},
             "static_host_map": {},
@@ -78,8 +94,10 @@ class Infra:
         while True:
             res = subprocess.run(
                 ["ip", "-n", self.host.netns, "-o", "addr", "show", "dev", "nebula1"],
-                capture_output=True, text=True, timeout=10,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             if f" {self.overlay_address}/" in res.stdout:
                 break
             if time.monotonic() > deadline:
@@ -94,14 +112,33 @@ class Infra:
         client = f"http://{self.overlay_address}:{ETCD_PORT}"
         peer = "http://127.0.0.1:2380"
         argv = self.nsexec() + [
-            "setpriv", "--reuid=etcd", "--regid=etcd", "--init-groups", "--",
-            "etcd", "--name", "dcs", "--data-dir", str(data),
-            "--listen-client-urls", f"{client},http://127.0.0.1:{ETCD_PORT}",
-            "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"dcs={peer}", "--initial-cluster-state", "new",
-            "--logger", "zap", "--log-outputs", "stderr",
-        ]  # fmt: skip
+            "setpriv",
+            "--reuid=etcd",
+            "--regid=etcd",
+            "--init-groups",
+            "--",
+            "etcd",
+            "--name",
+            "dcs",
+            "--data-dir",
+            str(data),
+            "--listen-client-urls",
+            f"{client},http://127.0.0.1:{ETCD_PORT}",
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"dcs={peer}",
+            "--initial-cluster-state",
+            "new",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+        ]
         self.etcd = self.sup.start("etcd", argv, env=minimal_env(HOME=str(data)))
         deadline = time.monotonic() + 20
         while not self.etcd_healthy():

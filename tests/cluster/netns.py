@@ -104,8 +104,21 @@ class Network:
         host = Host(name, f"{self.run_id}-{name}", underlay, f"v{len(self.hosts)}")
         self._add_ns(host.netns)
         # Both veth ends are made inside namespaces: the host's namespace never sees them.
-        run("ip", "-n", self.switch, "link", "add", host.veth, "type", "veth",
-            "peer", "name", "eth0", "netns", host.netns)  # fmt: skip
+        run(
+            "ip",
+            "-n",
+            self.switch,
+            "link",
+            "add",
+            host.veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.netns,
+        )
         run("ip", "-n", self.switch, "link", "set", host.veth, "master", "br0", "up")
         run("ip", "-n", host.netns, "addr", "add", f"{underlay}/{self.prefix_len}", "dev", "eth0")
         run("ip", "-n", host.netns, "link", "set", "eth0", "up")

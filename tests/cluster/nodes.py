@@ -76,6 +76,11 @@ class Node:
         """Where Patroni and PostgreSQL speak: the overlay address."""
         return self.bundle.overlay
 
+    @property
+    def target(self) -> str:
+        """For pgclient.Psql: the name its certificate holds, and its address."""
+        return f"{self.name}@{self.address}"
+
     # --- filesystem ---------------------------------------------------------------------
     def lay_out(self) -> None:
         pg = pwd.getpwnam("postgres")
@@ -100,9 +105,19 @@ class Node:
     # --- namespaces ---------------------------------------------------------------------
     def boot(self) -> None:
         """Start the holder of the node's mount and UTS namespaces and mount the node root."""
-        argv = ["ip", "netns", "exec", self.host.netns,
-                "unshare", "--mount", "--uts", "--propagation", "private",
-                "sleep", "infinity"]  # fmt: skip
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            self.host.netns,
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "sleep",
+            "infinity",
+        ]
         self.holder = self.sup.start(f"{self.name}-holder", argv)
         deadline = time.monotonic() + 10
         while not self._holder_ready():
@@ -131,8 +146,14 @@ class Node:
             argv += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
         return argv
 
-    def enter(self, argv: list[str], user: str | None = None, timeout: float = 30,
-              env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
+    def enter(
+        self,
+        argv: list[str],
+        user: str | None = None,
+        timeout: float = 30,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess:
         res = _run(self.nsenter(user) + argv, timeout=timeout, env=env or self.service_env(user))
         if check and res.returncode != 0:
             raise RuntimeError(
@@ -143,8 +164,12 @@ class Node:
 
     def service_env(self, user: str | None) -> dict[str, str]:
         if user == "postgres":
-            return minimal_env(HOME="/var/lib/postgresql", USER="postgres", LOGNAME="postgres",
-                               PATH=f"{PG_BIN}:/usr/local/bin:/usr/bin:/bin")  # fmt: skip
+            return minimal_env(
+                HOME="/var/lib/postgresql",
+                USER="postgres",
+                LOGNAME="postgres",
+                PATH=f"{PG_BIN}:/usr/local/bin:/usr/bin:/bin",
+            )
         return minimal_env(HOME="/root")
 
     # --- services -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ killed before its teardown could run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -132,10 +133,8 @@ class Supervisor:
         for pid, st in pids:
             kill(pid, st)
         for p in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
         return wait_gone(pids, 5)
 
 

@@ -11,7 +11,7 @@ import http.client
 import json
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from netns import entered
@@ -37,13 +37,23 @@ class RestApi:
     netns: str  # where the client sits
     cafile: str
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # (certfile, keyfile): with verify_client optional, Patroni wants one for unsafe endpoints.
+    client_cert: tuple[str, str] | None = None
 
     def call(
-        self, address: str, method: str, path: str, body: Any = None, auth: bool = True,
+        self,
+        address: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        auth: bool = True,
+        cert: bool = True,
         timeout: float = 5,
-    ) -> Response:  # fmt: skip
+    ) -> Response:
         ctx = ssl.create_default_context(cafile=self.cafile)
+        if cert and self.client_cert is not None:
+            ctx.load_cert_chain(*self.client_cert)
         conn = _Conn(address, 8008, timeout=timeout, context=ctx)
         conn.netns = self.netns
         headers = {"Content-Type": "application/json"}
