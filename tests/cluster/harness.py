@@ -30,7 +30,8 @@ T = TypeVar("T")
 # Every cluster of this process, for the session's final leak check, and measured figures.
 RUNS: list[Cluster] = []
 FACTS: list[str] = []
-BASE = Path(os.environ.get("BAKERY_TEST_TMP", "/var/tmp"))
+# Outside /tmp: each node gets a /tmp of its own, which would hide the run's files from it.
+BASE = Path(os.environ.get("BAKERY_TEST_TMP", "/var/tmp/bakery-test/cluster"))
 UNDERLAY = "198.18.0"  # RFC 2544 benchmark range, and only inside the run's namespaces
 DCS_UNDERLAY = f"{UNDERLAY}.1"
 OUTSIDER_UNDERLAY = f"{UNDERLAY}.99"
@@ -102,6 +103,10 @@ class Cluster:
     def __post_init__(self) -> None:
         self.base = BASE / self.run_id
         self.base.mkdir(mode=0o755, parents=True)
+        # Patroni and PostgreSQL run as postgres and read their files below the base.
+        for d in [self.base, *self.base.parents]:
+            if not os.stat(d).st_mode & 0o001:
+                raise RuntimeError(f"{d} is not searchable by others: postgres cannot reach {d}")
         (self.base / "logs").mkdir()
         self.sup = Supervisor(self.run_id, self.base / "logs")
         self.net = Network(self.run_id)

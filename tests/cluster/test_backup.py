@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from harness import Cluster
+from harness import Cluster, wait_for
 from nodes import PG_BIN
 
 SCRATCH = "/var/lib/postgresql/restore-scratch"
@@ -63,8 +63,13 @@ def test_full_backup_and_restore_into_a_scratch_directory(cluster: Cluster):
             "-d",
             "postgres",
         ]
-        recovered = node.enter([*psql, "-c", "SELECT pg_is_in_recovery()"], user="postgres")
-        assert recovered.stdout.strip() == "f"
+
+        def promoted() -> bool:
+            res = node.enter([*psql, "-c", "SELECT pg_is_in_recovery()"], user="postgres")
+            return res.stdout.strip() == "f"
+
+        # Recovery stops at the backup's consistent point, then the copy promotes itself.
+        wait_for("the restored copy to finish recovery", promoted, 60)
         restored = node.enter([*psql, "-c", DIGEST], user="postgres").stdout.strip()
     finally:
         node.enter([*pg_ctl, "-m", "fast", "stop"], user="postgres", timeout=150, check=False)
