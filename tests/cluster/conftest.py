@@ -80,6 +80,12 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     yield from make_cluster(request)
 
 
+@pytest.fixture(scope="module")
+def sync_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A cluster of its own in synchronous mode (scenario 6)."""
+    yield from make_cluster(request, {"cluster.patroni.synchronous_mode": True})
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     tr = terminalreporter
     tr.section("cluster tier")

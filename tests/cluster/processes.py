@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netns import ns_inode, ns_path, pids_in_netns, run
+
 STATE_DIR = Path("/run/bakery-test")
 
 
@@ -150,8 +152,6 @@ def minimal_env(**extra: str) -> dict[str, str]:
 
 def sweep_stale() -> list[str]:
     """End what runs killed before their teardown left behind: their own PIDs and namespaces."""
-    from tests.cluster.netns import ns_inode, ns_path, pids_in_netns, run
-
     done = []
     if not STATE_DIR.is_dir():
         return done

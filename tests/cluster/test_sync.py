@@ -5,19 +5,11 @@ the failover every commit that was acknowledged to the client is on the new lead
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
-import pytest
-from conftest import make_cluster
 from harness import FACTS, Cluster, WriterLog, wait_for
 
 FAILOVER_LIMIT = 70
 TABLE = "bkt_acked"
-
-
-@pytest.fixture(scope="module")
-def sync_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    yield from make_cluster(request, {"cluster.patroni.synchronous_mode": True})
 
 
 def test_no_acknowledged_commit_is_lost_when_the_leader_is_killed(sync_cluster: Cluster):
