@@ -29,6 +29,8 @@ class _Dumper(yaml.SafeDumper):
 
 def _plain(value: Any) -> Any:
     """Turn addresses and paths into strings so they dump as plain YAML scalars."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()  # raises: a missing value is never rendered
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

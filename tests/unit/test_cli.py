@@ -1,9 +1,11 @@
 """The command line as a user meets it: the real `invoke` with config files."""
 
 import json
+import os
 import stat
+import subprocess
 
-from tests.helpers import base_config, invoke, merged, tree, write_config
+from tests.helpers import INVOKE, PROJECT, base_config, invoke, merged, tree, write_config
 
 
 def test_every_task_and_option_is_documented():
@@ -88,8 +90,9 @@ def test_malformed_yaml_is_a_clean_error(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("bakery:\n  azs: [\n")
     result = invoke("-f", str(config), "render", "--out", str(tmp_path / "out"))
-    assert result.returncode != 0
-    assert str(config) in result.stderr or "yaml" in result.stderr.lower()
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"bakery: {config}:3:1: not valid YAML: expected")
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -108,3 +111,33 @@ def test_check_task_reports_a_valid_config(tmp_path):
     result = invoke("-f", str(config), "check")
     assert result.returncode == 0
     assert result.stdout.startswith("configuration valid: cluster patroni42")
+
+
+def test_environment_overrides_project_config_and_runtime_file_wins(tmp_path):
+    """Invoke's precedence: INVOKE_BAKERY_* beats invoke.yaml; `-f FILE` beats both."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tasks.py").write_text((PROJECT / "tasks.py").read_text())
+    write_config(project / "invoke.yaml", base_config(tmp_path))
+    env = {"INVOKE_BAKERY_CLUSTER_SCOPE": "fromenv"}
+    result = subprocess.run(
+        [str(INVOKE), "check"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.stdout.startswith("configuration valid: cluster fromenv"), result.stderr
+    runtime = write_config(
+        tmp_path / "runtime.yaml", merged(base_config(tmp_path), **{"cluster.scope": "fromfile"})
+    )
+    result = subprocess.run(
+        [str(INVOKE), "-f", str(runtime), "check"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.stdout.startswith("configuration valid: cluster fromfile"), result.stderr

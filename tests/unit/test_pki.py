@@ -33,13 +33,10 @@ def test_half_a_ca_is_not_overwritten(tmp_path):
 
 
 def test_node_certificate_has_names_addresses_and_usages(ca):
-    pair = pki.issue(
-        ca,
-        "prod1-postgresql-0",
-        ["prod1-postgresql-0"],
-        [IP("10.10.1.20"), IP("100.102.1.36")],
-        days=30,
+    spec = pki.LeafSpec(
+        "prod1-postgresql-0", ("prod1-postgresql-0",), (IP("10.10.1.20"), IP("100.102.1.36")), 30
     )
+    pair = pki.issue(ca, spec)
     cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
     cert.verify_directly_issued_by(ca.cert)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -53,11 +50,12 @@ def test_node_certificate_has_names_addresses_and_usages(ca):
 
 
 def test_certificates_are_reused_while_they_fit(tmp_path, ca):
-    args = (ca, "n", ["n"], [IP("10.0.0.1")], 30)
-    first = pki.issue_cached(tmp_path / "node", "node", *args)
+    spec = pki.LeafSpec("n", ("n",), (IP("10.0.0.1"),), 30)
+    first = pki.issue_cached(tmp_path / "node", "node", ca, spec)
     assert stat.S_IMODE((tmp_path / "node/node.key").stat().st_mode) == 0o600
-    assert pki.issue_cached(tmp_path / "node", "node", *args) == first
-    moved = pki.issue_cached(tmp_path / "node", "node", ca, "n", ["n"], [IP("10.0.0.2")], 30)
+    assert pki.issue_cached(tmp_path / "node", "node", ca, spec) == first
+    other = pki.LeafSpec("n", ("n",), (IP("10.0.0.2"),), 30)
+    moved = pki.issue_cached(tmp_path / "node", "node", ca, other)
     assert moved.cert_pem != first.cert_pem
 
 
