@@ -184,9 +184,6 @@ class Cluster:
     def node(self, name: str) -> Node:
         return self.nodes[name]
 
-    def other(self, name: str) -> Node:
-        return next(n for n in self.nodes.values() if n.name != name)
-
     def members(self, via: list[str] | None = None) -> list[dict[str, Any]] | None:
         """Patroni's view of the cluster (GET /cluster) from the first node that answers."""
         for name in via or list(self.nodes):

@@ -132,9 +132,6 @@ class Network:
     def restore(self, name: str) -> None:
         run("ip", "-n", self.hosts[name].netns, "link", "set", "eth0", "up")
 
-    def pids(self) -> list[int]:
-        return [pid for inode in self.inodes.values() for pid in pids_in_netns(inode)]
-
     def delete(self) -> list[str]:
         """Delete every namespace of the run; returns the errors instead of stopping at one."""
         errors = []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bundle import NodeBundle, parse_envfile, place
 from netns import Host, ns_inode, ns_path, pids_in_netns
-from processes import Started, Supervisor, alive, kill, minimal_env, start_time, wait_gone
+from processes import Started, Supervisor, kill, minimal_env, start_time, wait_gone
 
 PG_MAJOR = 14
 PG_BIN = f"/usr/lib/postgresql/{PG_MAJOR}/bin"
@@ -90,6 +90,15 @@ class Node:
             uid, gid = (pg.pw_uid, pg.pw_gid) if owner == "postgres" else (0, 0)
             os.chown(d, uid, gid)
             os.chmod(d, mode)
+        # The harness starts what runcmd starts, in its order; it knows nebula and patroni.
+        runcmd = self.bundle.runcmd()
+        wanted = [
+            ["systemctl", "enable", "--now", s] for s in ("nebula.service", "patroni.service")
+        ]
+        if runcmd != wanted:
+            raise RuntimeError(
+                f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then patroni)"
+            )
         placed = place(self.bundle, self.root)
         unmounted = [p for p in placed if not any(p.startswith(m + "/") for m in MOUNTS)]
         if unmounted:
@@ -229,7 +238,3 @@ class Node:
             if name in self.services:
                 self.sup.stop(self.services.pop(name), signal.SIGTERM, timeout=30)
         self.kill9()
-
-    def running(self, service: str) -> bool:
-        proc = self.services.get(service)
-        return proc is not None and alive(proc.pid, proc.started)
