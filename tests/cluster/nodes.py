@@ -135,6 +135,8 @@ class Node:
             time.sleep(0.02)
         self.enter(["hostname", self.name])
         for path in MOUNTS:
+            # The image has these directories; on a test machine /run is emptied at boot.
+            Path(path).mkdir(parents=True, exist_ok=True)
             src = self.root / path.lstrip("/")
             self.enter(["mount", "--bind", str(src), path])
 
