@@ -91,7 +91,12 @@ def to_yaml_nested(value: Any, indent: int) -> str:
 
 
 def hcl_value(value: Any) -> str:
-    """An HCL literal: strings quoted with HCL escapes ("${" and "%{" doubled), lists of them."""
+    """An HCL literal: a double-quoted string with JSON's escapes (HCL's too), or a list of them.
+
+    Consul reads HCL 1, where "${" opens an interpolation inside which quotes do not end the
+    string, and which has no escape for it; HCL 2 (the parser the checks use) gives "%{" a
+    meaning as well. A value holding either is refused rather than misread.
+    """
     if isinstance(value, list | tuple):
         return "[" + ", ".join(hcl_value(v) for v in value) + "]"
     if isinstance(value, bool):
@@ -101,8 +106,11 @@ def hcl_value(value: Any) -> str:
     text = str(value)
     if any(ord(c) < 0x20 and c not in "\n\t\r" for c in text):
         raise BakeryError(f"value {text[:20]!r}... holds a control character HCL cannot carry")
-    escaped = json.dumps(text, ensure_ascii=False)  # JSON string escapes are HCL's too
-    return escaped.replace("${", "$${").replace("%{", "%%{")
+    if "${" in text or "%{" in text:
+        raise BakeryError(
+            f"value {text[:20]!r}... holds '${{' or '%{{', which HCL reads as an interpolation"
+        )
+    return json.dumps(text, ensure_ascii=False)
 
 
 def ini_value(value: Any) -> str:

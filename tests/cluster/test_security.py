@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from pathlib import Path
 
 from harness import OUTSIDER_UNDERLAY, Cluster
 from netns import run
@@ -92,3 +93,18 @@ def test_connection_from_outside_the_configured_networks_is_refused(cluster: Clu
     refused = client.run(node.target, "SELECT 1")
     assert refused.returncode != 0
     assert f'pg_hba.conf rejects connection for host "{OUTSIDER_UNDERLAY}"' in refused.stderr
+
+
+def test_admin_role_from_post_bootstrap_logs_in_with_its_password(cluster: Cluster):
+    """The node only ever saw the admin's SCRAM verifier; the password itself works."""
+    leader, _ = cluster.wait_healthy()
+    target = cluster.node(leader).target
+    admin_password = (Path(cluster.settings["state_dir"]) / "secrets" / "admin").read_text().strip()
+    admin = dataclasses.replace(cluster.psql, user="admin", password=admin_password)
+    assert admin.query(target, "SELECT current_user") == "admin"
+    flags = admin.query(
+        target, "SELECT rolcreaterole, rolcreatedb, rolsuper FROM pg_roles WHERE rolname = 'admin'"
+    )
+    assert flags == "t|t|f"
+    wrong = dataclasses.replace(admin, password=secrets.token_urlsafe(16))
+    assert wrong.run(target, "SELECT 1").returncode != 0

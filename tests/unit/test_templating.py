@@ -71,7 +71,8 @@ def test_hcl_round_trips_any_string(value):
     try:
         literal = hcl_value(value)
     except BakeryError:
-        assert any(ord(c) < 0x20 and c not in "\n\t\r" for c in value)
+        control = any(ord(c) < 0x20 and c not in "\n\t\r" for c in value)
+        assert control or "${" in value or "%{" in value
         return
     parsed = load_hcl(f'key = {literal}\nother = "x"\n')
     assert parsed == {"key": value, "other": "x"}
