@@ -39,6 +39,28 @@ def _reported(c):
         raise Exit("bakery: interrupted", code=130) from None
 
 
+def _clear_yaml_errors() -> None:
+    """Invoke reads the `-f FILE` config after loading this module and answers a YAML syntax
+    error with a traceback. Make it one line with the file and position, like any bad input."""
+    from invoke.config import Config
+    from invoke.util import yaml
+
+    def load_yaml(self, path):
+        try:
+            with open(path) as handle:
+                return yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            problem = getattr(error, "problem", None) or str(error)
+            raise Exit(f"bakery: {where}: not valid YAML: {problem}", code=1) from None
+
+    Config._load_yaml = Config._load_yml = load_yaml
+
+
+_clear_yaml_errors()
+
+
 def _settings(c):
     from bakery.config import load_settings
 

@@ -18,7 +18,7 @@ from . import checks
 from .config import Settings
 from .errors import BakeryError, ConfigError, Problem
 from .plan import Node, Plan
-from .secrets import Secret, SecretStore, scram_verifier
+from .secrets import Secret, SecretStore
 from .templating import make_environment, render
 
 # Nova refuses user-data whose base64 form is larger than this.
@@ -81,6 +81,7 @@ class _ClusterMaterial:
     passwords: dict[str, Secret]
     gossip_key: Secret | None
     acl_token: Secret | None
+    admin_verifier: str
     s3_key: Secret | None
     s3_key_secret: Secret | None
 
@@ -142,7 +143,16 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
         s3_key = resolve(repo.key, "bakery.cluster.pgbackrest.repo.key")
         s3_secret = resolve(repo.key_secret, "bakery.cluster.pgbackrest.repo.key_secret")
     # Passwords last: they are the only thing written to the state directory here.
-    return _ClusterMaterial(ca, consul_ca, store.passwords(), gossip, token, s3_key, s3_secret)
+    return _ClusterMaterial(
+        ca,
+        consul_ca,
+        store.passwords(),
+        gossip,
+        token,
+        store.scram_verifier("admin"),
+        s3_key,
+        s3_secret,
+    )
 
 
 def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> Bundle:
@@ -151,15 +161,8 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
     cluster = settings.cluster
     paths = NodePaths(cluster.postgresql.major)
     node_dir = settings.state_dir / "nodes" / node.name
-    tls = pki.issue_cached(
-        node_dir,
-        "node",
-        material.ca,
-        node.name,
-        [node.name],
-        node.addresses,
-        settings.pki.cert_days,
-    )
+    spec = pki.LeafSpec(node.name, (node.name,), tuple(node.addresses), settings.pki.cert_days)
+    tls = pki.issue_cached(node_dir, "node", material.ca, spec)
     context = _context(settings, material, node, paths)
     text = {
         "patroni.yml": render(env, "patroni.yml.j2", **context),
@@ -255,22 +258,16 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
         "overlay_on": settings.overlay.type == "nebula",
         "passwords": material.passwords,
         "consul_token": material.acl_token,
-        "admin_verifier": scram_verifier(material.passwords["admin"].value),
+        "admin_verifier": material.admin_verifier,
         "bootstrap_dcs": bootstrap_dcs,
         "local_parameters": local_parameters,
         "pg_hba": pg_hba(pg.allowed_networks),
-        "etcd_hosts": [f"{m.address}:{(dcs.etcd3 or _default_etcd3()).port}" for m in dcs.members],
+        "etcd_hosts": [f"{m.address}:{dcs.etcd3.port}" for m in dcs.members] if dcs.etcd3 else [],
         "repo": cluster.pgbackrest.repo,
         "retention_full": cluster.pgbackrest.retention_full,
         "s3_key": material.s3_key,
         "s3_key_secret": material.s3_key_secret,
     }
-
-
-def _default_etcd3():
-    from .config import Etcd3
-
-    return Etcd3()
 
 
 def pg_hba(networks: list) -> list[str]:
@@ -347,16 +344,10 @@ def _consul_files(settings, env, context, material, node: Node, node_dir: Path):
         ),
     ]
     if not consul.auto_encrypt:
-        client = pki.issue_cached(
-            node_dir,
-            "consul-client",
-            material.consul_ca,
-            f"client.{consul.datacenter}.consul",
-            [f"client.{consul.datacenter}.consul", "localhost"],
-            [],
-            settings.pki.cert_days,
-            server=True,  # Consul's own client certificates carry both usages
-        )
+        # Named like the certificates `consul tls cert create -client` makes.
+        name = f"client.{consul.datacenter}.consul"
+        spec = pki.LeafSpec(name, (name, "localhost"), (), settings.pki.cert_days)
+        client = pki.issue_cached(node_dir, "consul-client", material.consul_ca, spec)
         files += [
             BundleFile("/etc/consul.d/tls/client.pem", client.cert_pem, "consul:consul", "0644"),
             BundleFile("/etc/consul.d/tls/client.key", client.key_pem, "consul:consul", "0600"),

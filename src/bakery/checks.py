@@ -52,11 +52,18 @@ def check_patroni(text: str, context: dict) -> None:
     )
     if "users" in data.get("bootstrap", {}):
         raise _fail(what, "bootstrap.users was removed in Patroni 4")
-    for secret in ("password",):
-        if secret in text.lower() and any(p.value in text for p in context["passwords"].values()):
-            raise _fail(what, "a password appears in patroni.yml")
+    if _has_key(data, "password"):
+        raise _fail(what, "a password appears in patroni.yml (they belong in patroni.env)")
     if context["dcs"].type not in data:
         raise _fail(what, f"no {context['dcs'].type} section")
+
+
+def _has_key(data: Any, key: str) -> bool:
+    if isinstance(data, dict):
+        return key in data or any(_has_key(v, key) for v in data.values())
+    if isinstance(data, list):
+        return any(_has_key(v, key) for v in data)
+    return False
 
 
 def _plain(value: Any) -> Any:
@@ -82,7 +89,8 @@ def check_envfile(text: str, context: dict) -> None:
 def parse_envfile(text: str) -> dict[str, str]:
     """Parse KEY="value" lines as systemd does for the values bakery writes."""
     values = {}
-    for line in text.splitlines():
+    # systemd splits on "\n" only; str.splitlines would also split on U+0085, U+2028, ...
+    for line in text.split("\n"):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, sep, raw = line.partition("=")

@@ -125,6 +125,12 @@ class Dcs(Model):
     consul: Consul | None = None
     etcd3: Etcd3 | None = None
 
+    @model_validator(mode="after")
+    def _etcd3_defaults(self) -> Dcs:
+        if self.type == "etcd3" and self.etcd3 is None:
+            return self.model_copy(update={"etcd3": Etcd3()})
+        return self
+
 
 class PatroniTimings(Model):
     """Patroni's DCS timings; the bounds are Patroni's own (it refuses values outside them)."""

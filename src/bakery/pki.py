@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import BakeryError
@@ -32,11 +33,24 @@ IPv4 = ipaddress.IPv4Address
 @dataclass(frozen=True)
 class CertificateAuthority:
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey | None  # None: only the certificate is known (trust only)
+    # An existing CA (the Consul cluster's, say) may have an RSA key; None: trust only.
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None
 
     @property
     def cert_pem(self) -> str:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass(frozen=True)
+class LeafSpec:
+    """What a leaf certificate says: whom it names and what it may be used for."""
+
+    common_name: str
+    dns_names: tuple[str, ...]
+    ips: tuple[IPv4, ...]
+    days: int
+    server: bool = True
+    client: bool = True
 
 
 @dataclass(frozen=True)
@@ -61,14 +75,37 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
     ).decode()
 
 
-def create_ca(cert_path: Path, key_path: Path, common_name: str, days: int = 3650) -> bool:
-    """Create a CA at the given paths unless both exist. Returns whether one was created."""
+def _key_usage(**allowed: bool) -> x509.KeyUsage:
+    """A KeyUsage extension with only the named usages set."""
+    names = (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    )
+    return x509.KeyUsage(**{name: allowed.get(name, False) for name in names})
+
+
+def _ca_exists(cert_path: Path, key_path: Path) -> bool:
+    """Whether a CA is there; half of one (a lost key, a stray file) is an error."""
     if cert_path.exists() and key_path.exists():
-        return False
+        return True
     if cert_path.exists() or key_path.exists():
         raise BakeryError(
             f"only one of {cert_path} and {key_path} exists: refusing to overwrite half a CA"
         )
+    return False
+
+
+def create_ca(cert_path: Path, key_path: Path, common_name: str, days: int = 3650) -> bool:
+    """Create a CA at the given paths unless both exist. Returns whether one was created."""
+    if _ca_exists(cert_path, key_path):
+        return False
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = _now()
@@ -82,17 +119,7 @@ def create_ca(cert_path: Path, key_path: Path, common_name: str, days: int = 365
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -127,7 +154,7 @@ def load_ca(cert_path: Path, key_path: Path | None, field: str) -> CertificateAu
             raise BakeryError(
                 f"{field}: {key_path} is not an unencrypted PEM key ({error})"
             ) from None
-        if not isinstance(loaded, ec.EllipticCurvePrivateKey | _rsa_key_type()):
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise BakeryError(f"{field}: {key_path}: only EC and RSA CA keys are supported")
         if loaded.public_key().public_numbers() != cert.public_key().public_numbers():
             raise BakeryError(f"{field}: {key_path} is not the key of {cert_path}")
@@ -135,54 +162,32 @@ def load_ca(cert_path: Path, key_path: Path | None, field: str) -> CertificateAu
     return CertificateAuthority(cert, key)
 
 
-def _rsa_key_type() -> type:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    return rsa.RSAPrivateKey
-
-
-def issue(
-    ca: CertificateAuthority,
-    common_name: str,
-    dns_names: Sequence[str],
-    ips: Sequence[IPv4],
-    days: int,
-    server: bool = True,
-    client: bool = True,
-) -> KeyPair:
-    """A leaf certificate signed by the CA, with the given SANs and TLS usages."""
+def issue(ca: CertificateAuthority, spec: LeafSpec) -> KeyPair:
+    """A leaf certificate signed by the CA, with the spec's SANs and TLS usages."""
     if ca.key is None:
         raise BakeryError("the CA's key is needed to sign certificates")
     key = _new_key()
-    usages = [ExtendedKeyUsageOID.SERVER_AUTH] * server + [ExtendedKeyUsageOID.CLIENT_AUTH] * client
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] * spec.server + [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ] * spec.client
     now = _now()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name)]))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + dt.timedelta(days=days), ca.cert.not_valid_after_utc))
+        .not_valid_after(min(now + dt.timedelta(days=spec.days), ca.cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(digital_signature=True, key_agreement=True),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(i) for i in ips]
+                [x509.DNSName(n) for n in spec.dns_names] + [x509.IPAddress(i) for i in spec.ips]
             ),
             critical=False,
         )
@@ -195,42 +200,30 @@ def issue(
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
 
 
-def issue_cached(
-    directory: Path,
-    stem: str,
-    ca: CertificateAuthority,
-    common_name: str,
-    dns_names: Sequence[str],
-    ips: Sequence[IPv4],
-    days: int,
-    server: bool = True,
-    client: bool = True,
-) -> KeyPair:
-    """Like `issue`, but reuse `<directory>/<stem>.{pem,key}` while it still fits."""
+def issue_cached(directory: Path, stem: str, ca: CertificateAuthority, spec: LeafSpec) -> KeyPair:
+    """Like `issue`, but reuse `<directory>/<stem>.{pem,key}` while it still fits the spec."""
     cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
     if cert_path.exists() and key_path.exists():
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        if _still_fits(cert, ca, dns_names, ips):
+        if _still_fits(cert, ca, spec):
             return KeyPair(cert_path.read_text(), key_path.read_text())
-    pair = issue(ca, common_name, dns_names, ips, days, server=server, client=client)
+    pair = issue(ca, spec)
     write_private(key_path, pair.key_pem)
     write_file(cert_path, pair.cert_pem)
     return pair
 
 
-def _still_fits(
-    cert: x509.Certificate, ca: CertificateAuthority, dns: Sequence[str], ips: Sequence[IPv4]
-) -> bool:
+def _still_fits(cert: x509.Certificate, ca: CertificateAuthority, spec: LeafSpec) -> bool:
     if cert.issuer != ca.cert.subject:
         return False
     try:
         cert.verify_directly_issued_by(ca.cert)
-    except (ValueError, TypeError, Exception):  # InvalidSignature has no common base
+    except (ValueError, TypeError, InvalidSignature):
         return False
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    if sorted(san.get_values_for_type(x509.DNSName)) != sorted(dns):
+    if sorted(san.get_values_for_type(x509.DNSName)) != sorted(spec.dns_names):
         return False
-    if sorted(san.get_values_for_type(x509.IPAddress)) != sorted(ips):
+    if sorted(san.get_values_for_type(x509.IPAddress)) != sorted(spec.ips):
         return False
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     return cert.not_valid_after_utc - _now() > life / 3
@@ -250,12 +243,8 @@ def nebula_cert_binary() -> str:
 
 
 def create_nebula_ca(cert_path: Path, key_path: Path, name: str, days: int = 3650) -> bool:
-    if cert_path.exists() and key_path.exists():
+    if _ca_exists(cert_path, key_path):
         return False
-    if cert_path.exists() or key_path.exists():
-        raise BakeryError(
-            f"only one of {cert_path} and {key_path} exists: refusing to overwrite half a CA"
-        )
     cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _run_nebula_cert(

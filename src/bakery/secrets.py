@@ -9,6 +9,9 @@ or a traceback by accident.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -57,6 +60,19 @@ class SecretStore:
         write_private(path, value + "\n")
         return Secret(value)
 
+    def scram_verifier(self, name: str) -> str:
+        """The password's SCRAM verifier, kept beside it so that re-renders do not change it."""
+        password = self.password(name).value
+        path = self.directory / f"{name}.scram"
+        if path.exists():
+            stored = read_private(path)
+            salt = base64.b64decode(stored.split("$")[1].split(":")[1])
+            if scram_verifier(password, salt=salt) == stored:
+                return stored
+        verifier = scram_verifier(password)
+        write_private(path, verifier + "\n")
+        return verifier
+
     def passwords(self) -> dict[str, Secret]:
         return {name: self.password(name) for name in PASSWORD_NAMES}
 
@@ -91,10 +107,6 @@ def read_private(path: Path) -> str:
 def scram_verifier(password: str, iterations: int = 4096, salt: bytes | None = None) -> str:
     """A PostgreSQL SCRAM-SHA-256 verifier (RFC 5802/7677): what CREATE ROLE ... PASSWORD
     accepts in place of the password, so the plain password never reaches the server."""
-    import base64
-    import hashlib
-    import hmac
-
     salt = salt if salt is not None else secrets.token_bytes(16)
     salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()

@@ -29,6 +29,8 @@ class _Dumper(yaml.SafeDumper):
 
 def _plain(value: Any) -> Any:
     """Turn addresses and paths into strings so they dump as plain YAML scalars."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()  # raises: a missing value is never rendered
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -38,8 +40,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# YAML readers treat these as line breaks even inside quotes; only "..." escapes them safely.
+_YAML_BREAKS = frozenset("\x85\u2028\u2029")
+
+
 def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in data else None
+    if _YAML_BREAKS.intersection(data):
+        style = '"'
+    else:
+        style = "|" if "\n" in data else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
@@ -52,8 +61,13 @@ def to_yaml_inline(value: Any) -> str:
     if isinstance(value, str):
         text = yaml.safe_dump(value, default_style='"', width=float("inf"), allow_unicode=True)
     else:
-        text = yaml.safe_dump(
-            value, default_flow_style=True, width=float("inf"), allow_unicode=True, sort_keys=False
+        text = yaml.dump(
+            value,
+            Dumper=_Dumper,
+            default_flow_style=True,
+            width=float("inf"),
+            allow_unicode=True,
+            sort_keys=False,
         )
     return text.removesuffix("\n...\n").rstrip("\n")
 
@@ -70,12 +84,19 @@ def to_yaml_nested(value: Any, indent: int) -> str:
     value = _plain(value)
     if not value:
         return " " + to_yaml_inline(value)
-    block = yaml.safe_dump(value, sort_keys=False, width=float("inf"), allow_unicode=True)
+    block = yaml.dump(
+        value, Dumper=_Dumper, sort_keys=False, width=float("inf"), allow_unicode=True
+    )
     return "\n" + textwrap.indent(block.rstrip("\n"), " " * indent)
 
 
 def hcl_value(value: Any) -> str:
-    """An HCL literal: strings quoted with HCL escapes ("${" and "%{" doubled), lists of them."""
+    """An HCL literal: a double-quoted string with JSON's escapes (HCL's too), or a list of them.
+
+    Consul reads HCL 1, where "${" opens an interpolation inside which quotes do not end the
+    string, and which has no escape for it; HCL 2 (the parser the checks use) gives "%{" a
+    meaning as well. A value holding either is refused rather than misread.
+    """
     if isinstance(value, list | tuple):
         return "[" + ", ".join(hcl_value(v) for v in value) + "]"
     if isinstance(value, bool):
@@ -85,8 +106,11 @@ def hcl_value(value: Any) -> str:
     text = str(value)
     if any(ord(c) < 0x20 and c not in "\n\t\r" for c in text):
         raise BakeryError(f"value {text[:20]!r}... holds a control character HCL cannot carry")
-    escaped = json.dumps(text, ensure_ascii=False)  # JSON string escapes are HCL's too
-    return escaped.replace("${", "$${").replace("%{", "%%{")
+    if "${" in text or "%{" in text:
+        raise BakeryError(
+            f"value {text[:20]!r}... holds '${{' or '%{{', which HCL reads as an interpolation"
+        )
+    return json.dumps(text, ensure_ascii=False)
 
 
 def ini_value(value: Any) -> str:

@@ -1,0 +1,106 @@
+"""Cluster tier fixtures: one real two-node cluster per test module, torn down by PID.
+
+Teardown runs whatever happened in the tests (also on Ctrl-C and SIGTERM), then checks that no
+process, namespace, link or mount of the run is left; a leak fails the tier.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import FACTS, RUNS, Cluster  # noqa: E402
+from processes import sweep_stale  # noqa: E402
+
+REQUIRED = [
+    "/opt/patroni/bin/patroni",
+    "/usr/lib/postgresql/14/bin/postgres",
+    "/usr/bin/etcd",
+    "/usr/bin/nebula",
+    "/usr/bin/nebula-cert",
+    "/usr/bin/pgbackrest",
+]
+_started = time.monotonic()
+_leaks: list[str] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.geteuid() != 0:
+        pytest.exit("the cluster tier needs root (network namespaces, mounts)", returncode=2)
+    missing = [p for p in REQUIRED if not os.path.exists(p)]
+    if missing:
+        pytest.exit(f"missing {missing}: run tests/cluster/setup first", returncode=2)
+    for line in sweep_stale():
+        print(f"cluster tier: cleaned up after an earlier run: {line}", file=sys.stderr)
+
+    # A CI timeout sends SIGTERM: turn it into KeyboardInterrupt so fixtures still tear down.
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def make_cluster(
+    request: pytest.FixtureRequest, overrides: dict | None = None
+) -> Iterator[Cluster]:
+    cluster = Cluster(dict(overrides or {}))
+    failed_before = request.session.testsfailed
+    try:
+        cluster.build()
+        cluster.start()
+        what = overrides or "shipped defaults"
+        FACTS.append(
+            f"cluster {cluster.run_id} ({what}): leader after {cluster.times['leader']:.1f} s, "
+            f"replica streaming after {cluster.times['streaming']:.1f} s"
+        )
+        yield cluster
+    finally:
+        problems = cluster.teardown()
+        _leaks.extend(problems)
+        if problems or request.session.testsfailed != failed_before:
+            print(f"\ncluster tier: files of run {cluster.run_id} kept in {cluster.base}")
+        else:
+            shutil.rmtree(cluster.base, ignore_errors=True)
+        assert not problems, f"the harness left things behind: {problems}"
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The cluster with the shipped Patroni defaults, shared by the modules that use it: each
+    test starts by waiting until it is healthy again."""
+    yield from make_cluster(request)
+
+
+@pytest.fixture(scope="module")
+def sync_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A cluster of its own in synchronous mode (scenario 6)."""
+    yield from make_cluster(request, {"cluster.patroni.synchronous_mode": True})
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    tr = terminalreporter
+    tr.section("cluster tier")
+    for fact in FACTS:
+        tr.write_line(fact)
+    for leak in _leaks:
+        tr.write_line(f"LEFT BEHIND: {leak}", red=True)
+    tr.write_line(f"cluster tier wall time: {time.monotonic() - _started:.1f} s")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Once more at the very end: nothing of any run of this session may remain.
+    for run in RUNS:
+        for leak in run.leaks():
+            if leak not in _leaks:
+                _leaks.append(leak)
+    if _leaks and session.exitstatus == 0:
+        session.exitstatus = 1

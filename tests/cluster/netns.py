@@ -1,0 +1,143 @@
+"""Network namespaces, one per host, joined by a bridge that lives in a namespace of its own.
+
+Nothing is created in the host's namespace: the bridge and every veth end sit inside the run's
+namespaces, so the test addresses exist only there and deleting the namespaces removes all links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+NETNS_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def run(*argv: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=check, stdin=subprocess.DEVNULL
+    )
+
+
+def ns_path(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def ns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def pids_in_netns(inode: int) -> list[int]:
+    """Every process whose network namespace is `inode` (postgres children included)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                found.append(int(entry))
+        except OSError:
+            continue  # exited meanwhile
+    return found
+
+
+@contextlib.contextmanager
+def entered(name: str) -> Iterator[None]:
+    """Run the block with this thread in namespace `name`: sockets made inside stay there."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(ns_path(name), os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        yield
+    finally:
+        back = _libc.setns(own, CLONE_NEWNET)
+        os.close(own)
+        os.close(target)
+        if back != 0:
+            raise OSError(ctypes.get_errno(), "setns back to the test's own namespace")
+
+
+@dataclass
+class Host:
+    name: str  # short role name: dcs, or the node name
+    netns: str
+    underlay: str  # address on the bridge, without prefix length
+    veth: str  # the bridge-side end, inside the switch namespace
+
+
+@dataclass
+class Network:
+    """A switch namespace with a bridge, and one namespace per host plugged into it."""
+
+    run_id: str
+    prefix_len: int = 24
+    hosts: dict[str, Host] = field(default_factory=dict)
+    inodes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def switch(self) -> str:
+        return f"{self.run_id}-sw"
+
+    def namespaces(self) -> list[str]:
+        return [self.switch, *(h.netns for h in self.hosts.values())]
+
+    def _add_ns(self, name: str) -> None:
+        run("ip", "netns", "add", name)
+        self.inodes[name] = ns_inode(ns_path(name))
+        run("ip", "-n", name, "link", "set", "lo", "up")
+
+    def create_switch(self) -> None:
+        self._add_ns(self.switch)
+        run("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", self.switch, "link", "set", "br0", "up")
+
+    def add_host(self, name: str, underlay: str) -> Host:
+        host = Host(name, f"{self.run_id}-{name}", underlay, f"v{len(self.hosts)}")
+        self._add_ns(host.netns)
+        # Both veth ends are made inside namespaces: the host's namespace never sees them.
+        run(
+            "ip",
+            "-n",
+            self.switch,
+            "link",
+            "add",
+            host.veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.netns,
+        )
+        run("ip", "-n", self.switch, "link", "set", host.veth, "master", "br0", "up")
+        run("ip", "-n", host.netns, "addr", "add", f"{underlay}/{self.prefix_len}", "dev", "eth0")
+        run("ip", "-n", host.netns, "link", "set", "eth0", "up")
+        self.hosts[name] = host
+        return host
+
+    def cut(self, name: str) -> None:
+        """Unplug a host: its underlay link goes down, so every tunnel through it stops."""
+        run("ip", "-n", self.hosts[name].netns, "link", "set", "eth0", "down")
+
+    def restore(self, name: str) -> None:
+        run("ip", "-n", self.hosts[name].netns, "link", "set", "eth0", "up")
+
+    def delete(self) -> list[str]:
+        """Delete every namespace of the run; returns the errors instead of stopping at one."""
+        errors = []
+        for name in reversed(self.namespaces()):
+            if os.path.exists(ns_path(name)):
+                res = run("ip", "netns", "delete", name, check=False)
+                if res.returncode != 0:
+                    errors.append(f"ip netns delete {name}: {res.stderr.strip()}")
+        return errors

@@ -1,0 +1,242 @@
+"""One database node: its own network, mount and UTS namespaces, its files at the real paths,
+and its services (nebula as root, patroni as postgres) started as their systemd units would.
+
+A holder process keeps the node's mount namespace alive; the node's files sit under a per-node
+root and are bind-mounted over the node-layout paths inside that namespace only, so two nodes on
+one machine both see /etc/patroni/patroni.yml, each its own.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bundle import NodeBundle, parse_envfile, place
+from netns import Host, ns_inode, ns_path, pids_in_netns
+from processes import Started, Supervisor, kill, minimal_env, start_time, wait_gone
+
+PG_MAJOR = 14
+PG_BIN = f"/usr/lib/postgresql/{PG_MAJOR}/bin"
+PATRONI = "/opt/patroni/bin/patroni"
+
+# Node-layout directories that hold per-node state: (path, owner, mode). The bundle's own
+# directories come first; the others exist empty in the image.
+NODE_DIRS = [
+    ("/etc/patroni", "postgres", 0o750),
+    ("/etc/nebula", "root", 0o755),
+    ("/etc/pgbackrest", "postgres", 0o750),
+    ("/var/lib/postgresql", "postgres", 0o755),
+    (f"/var/lib/postgresql/{PG_MAJOR}/patroni", "postgres", 0o700),
+    ("/var/lib/pgbackrest", "postgres", 0o750),
+    ("/var/log/pgbackrest", "postgres", 0o770),
+    ("/var/spool/pgbackrest", "postgres", 0o750),
+    ("/run/postgresql", "postgres", 0o2775),
+    ("/tmp", "root", 0o1777),
+]
+# What is bind-mounted from the node root (a subdirectory of one of these is carried along).
+MOUNTS = [
+    "/etc/patroni",
+    "/etc/nebula",
+    "/etc/pgbackrest",
+    "/var/lib/postgresql",
+    "/var/lib/pgbackrest",
+    "/var/log/pgbackrest",
+    "/var/spool/pgbackrest",
+    "/run/postgresql",
+    "/tmp",
+]
+
+
+def _run(argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw
+    )
+
+
+@dataclass
+class Node:
+    bundle: NodeBundle
+    host: Host
+    root: Path
+    sup: Supervisor
+    holder: Started | None = None
+    services: dict[str, Started] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def address(self) -> str:
+        """Where Patroni and PostgreSQL speak: the overlay address."""
+        return self.bundle.overlay
+
+    @property
+    def target(self) -> str:
+        """For pgclient.Psql: the name its certificate holds, and its address."""
+        return f"{self.name}@{self.address}"
+
+    # --- filesystem ---------------------------------------------------------------------
+    def lay_out(self) -> None:
+        pg = pwd.getpwnam("postgres")
+        for path, owner, mode in NODE_DIRS:
+            d = self.root / path.lstrip("/")
+            d.mkdir(parents=True, exist_ok=True)
+            uid, gid = (pg.pw_uid, pg.pw_gid) if owner == "postgres" else (0, 0)
+            os.chown(d, uid, gid)
+            os.chmod(d, mode)
+        # The harness starts what runcmd starts, in its order; it knows nebula and patroni.
+        runcmd = self.bundle.runcmd()
+        wanted = [
+            ["systemctl", "enable", "--now", s] for s in ("nebula.service", "patroni.service")
+        ]
+        if runcmd != wanted:
+            raise RuntimeError(
+                f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then patroni)"
+            )
+        placed = place(self.bundle, self.root)
+        unmounted = [p for p in placed if not any(p.startswith(m + "/") for m in MOUNTS)]
+        if unmounted:
+            raise RuntimeError(f"{self.name}: the harness has no mount for {unmounted}")
+
+    def file(self, path: str) -> Path:
+        """Where a node path lives on the test machine."""
+        return self.root / path.lstrip("/")
+
+    def patroni_env(self) -> dict[str, str]:
+        return parse_envfile(self.file("/etc/patroni/patroni.env").read_text())
+
+    # --- namespaces ---------------------------------------------------------------------
+    def boot(self) -> None:
+        """Start the holder of the node's mount and UTS namespaces and mount the node root."""
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            self.host.netns,
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "sleep",
+            "infinity",
+        ]
+        self.holder = self.sup.start(f"{self.name}-holder", argv)
+        deadline = time.monotonic() + 10
+        while not self._holder_ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: namespace holder did not start")
+            time.sleep(0.02)
+        self.enter(["hostname", self.name])
+        for path in MOUNTS:
+            # The image has these directories; on a test machine /run is emptied at boot.
+            Path(path).mkdir(parents=True, exist_ok=True)
+            src = self.root / path.lstrip("/")
+            self.enter(["mount", "--bind", str(src), path])
+
+    def _holder_ready(self) -> bool:
+        # `ip netns exec` and `unshare` exec in place: ready once the PID runs `sleep`
+        # in a mount namespace other than ours.
+        pid = self.holder.pid
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            theirs = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        except OSError:
+            return False
+        return comm == "sleep" and theirs != os.stat("/proc/self/ns/mnt").st_ino
+
+    def nsenter(self, user: str | None = None) -> list[str]:
+        argv = ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "-u", "--"]
+        if user:
+            argv += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
+        return argv
+
+    def enter(
+        self,
+        argv: list[str],
+        user: str | None = None,
+        timeout: float = 30,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess:
+        res = _run(self.nsenter(user) + argv, timeout=timeout, env=env or self.service_env(user))
+        if check and res.returncode != 0:
+            raise RuntimeError(
+                f"{self.name}: {' '.join(argv)} failed ({res.returncode}): "
+                f"{res.stderr.strip() or res.stdout.strip()}"
+            )
+        return res
+
+    def service_env(self, user: str | None) -> dict[str, str]:
+        if user == "postgres":
+            return minimal_env(
+                HOME="/var/lib/postgresql",
+                USER="postgres",
+                LOGNAME="postgres",
+                PATH=f"{PG_BIN}:/usr/local/bin:/usr/bin:/bin",
+            )
+        return minimal_env(HOME="/root")
+
+    # --- services -----------------------------------------------------------------------
+    def start_nebula(self) -> Started:
+        argv = self.nsenter() + ["nebula", "-config", "/etc/nebula/config.yml"]
+        self.services["nebula"] = self.sup.start(f"{self.name}-nebula", argv)
+        return self.services["nebula"]
+
+    def start_patroni(self) -> Started:
+        # As patroni.service runs it: user postgres, EnvironmentFile=/etc/patroni/patroni.env.
+        env = self.service_env("postgres") | self.patroni_env()
+        argv = self.nsenter("postgres") + [PATRONI, "/etc/patroni/patroni.yml"]
+        self.services["patroni"] = self.sup.start(f"{self.name}-patroni", argv, env=env)
+        return self.services["patroni"]
+
+    def start(self) -> None:
+        self.start_nebula()
+        self.wait_overlay()
+        self.start_patroni()
+
+    def wait_overlay(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            res = _run(["ip", "-n", self.host.netns, "-o", "addr", "show", "dev", "nebula1"])
+            if f" {self.address}/" in res.stdout:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: nebula1 has no {self.address} after {timeout}s")
+            time.sleep(0.05)
+
+    def processes(self) -> list[int]:
+        """Every process running in the node's network namespace, except the holder."""
+        inode = ns_inode(ns_path(self.host.netns))
+        holder = self.holder.pid if self.holder else None
+        return [pid for pid in pids_in_netns(inode) if pid != holder]
+
+    def kill9(self) -> float:
+        """Power loss of the services: SIGKILL every process of the node at once.
+
+        Returns the monotonic time of the kill. Repeats until none is left, because a process
+        can fork between the scan and the kill (e.g. Patroni starting a psql).
+        """
+        t = time.monotonic()
+        deadline = t + 10
+        while pids := [(p, start_time(p)) for p in self.processes()]:
+            for pid, st in pids:
+                kill(pid, st, signal.SIGKILL)
+            wait_gone(pids, 2)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: processes survive SIGKILL: {self.processes()}")
+        self.sup.reap()
+        self.services.clear()
+        return t
+
+    def stop(self) -> None:
+        for name in ("patroni", "nebula"):
+            if name in self.services:
+                self.sup.stop(self.services.pop(name), signal.SIGTERM, timeout=30)
+        self.kill9()

@@ -1,0 +1,179 @@
+"""Start processes inside a host's namespaces and end them by PID, whatever happened.
+
+Every PID the harness starts is recorded with its start time (so a reused PID is never killed)
+in a state file under /run/bakery-test, which also lets a later run clean up after one that was
+killed before its teardown could run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netns import ns_inode, ns_path, pids_in_netns, run
+
+STATE_DIR = Path("/run/bakery-test")
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def alive(pid: int, started: int | None) -> bool:
+    now = start_time(pid)
+    if now is None or (started is not None and now != started):
+        return False
+    # A zombie has exited: only its parent's wait() is missing.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill(pid: int, started: int | None, sig: int = signal.SIGKILL) -> bool:
+    if not alive(pid, started):
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_gone(pids: list[tuple[int, int | None]], timeout: float) -> list[int]:
+    """Wait until none of `pids` is alive; returns those still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [pid for pid, st in pids if alive(pid, st)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+@dataclass
+class Started:
+    name: str
+    popen: subprocess.Popen
+    started: int | None
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+@dataclass
+class Supervisor:
+    """Owns every process of one test run."""
+
+    run_id: str
+    log_dir: Path
+    procs: list[Started] = field(default_factory=list)
+    netns: list[str] = field(default_factory=list)
+
+    @property
+    def state_file(self) -> Path:
+        return STATE_DIR / f"{self.run_id}.json"
+
+    def save(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        state = {
+            "owner": [os.getpid(), start_time(os.getpid())],
+            "pids": [[p.pid, p.started] for p in self.procs],
+            "netns": self.netns,
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_file)
+
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/"
+    ) -> Started:
+        log = self.log_dir / f"{name}.log"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env if env is not None else minimal_env(),
+                cwd=cwd,
+                start_new_session=True,  # the test runner's Ctrl-C is the harness's to handle
+            )
+        proc = Started(name, popen, start_time(popen.pid), log)
+        self.procs.append(proc)
+        self.save()
+        return proc
+
+    def stop(self, proc: Started, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        kill(proc.pid, proc.started, sig)
+        try:
+            proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill(proc.pid, proc.started, signal.SIGKILL)
+            proc.popen.wait(5)
+
+    def reap(self) -> None:
+        for p in self.procs:
+            if p.popen.returncode is None:
+                p.popen.poll()
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL every recorded process; returns those that did not go away."""
+        pids = [(p.pid, p.started) for p in self.procs]
+        for pid, st in pids:
+            kill(pid, st)
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(5)
+        return wait_gone(pids, 5)
+
+
+def minimal_env(**extra: str) -> dict[str, str]:
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
+    env.update(extra)
+    return env
+
+
+def sweep_stale() -> list[str]:
+    """End what runs killed before their teardown left behind: their own PIDs and namespaces."""
+    done = []
+    if not STATE_DIR.is_dir():
+        return done
+    for file in STATE_DIR.glob("bkt*.json"):
+        try:
+            state = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        owner, owner_start = state["owner"]
+        if alive(owner, owner_start):
+            continue  # another run still going: not ours to touch
+        for pid, st in state["pids"]:
+            if kill(pid, st):
+                done.append(f"killed {pid}")
+        for name in state["netns"]:
+            inode = ns_inode(ns_path(name))
+            if inode is None:
+                continue
+            for pid in pids_in_netns(inode):
+                kill(pid, None)
+                done.append(f"killed {pid} in {name}")
+            run("ip", "netns", "delete", name, check=False)
+            done.append(f"deleted {name}")
+        file.unlink()
+    return done

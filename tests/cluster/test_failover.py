@@ -1,0 +1,148 @@
+"""Scenarios 1-5 on one cluster with the shipped Patroni defaults (ttl 30, loop_wait 10,
+retry_timeout 10): bootstrap, kill -9 of the leader, rejoin through pg_rewind, network cut,
+planned switchover. Each test starts from a healthy cluster, whatever the one before left.
+"""
+
+from __future__ import annotations
+
+import time
+
+from harness import FACTS, Cluster, wait_for
+
+# Patroni's own bound on a failover: the leader key expires after ttl, the next loop (at most
+# loop_wait later) takes it; the rest is slack for promotion on a 2-core machine.
+TTL, LOOP_WAIT = 30, 10
+FAILOVER_LIMIT = TTL + LOOP_WAIT + 30
+
+
+CREATE_STORY = (
+    "CREATE TABLE IF NOT EXISTS bkt_story (id serial PRIMARY KEY, note text NOT NULL,"
+    " at timestamptz NOT NULL DEFAULT clock_timestamp());"
+)
+
+
+def write_row(cluster: Cluster, leader: str, note: str) -> None:
+    insert = f"INSERT INTO bkt_story (note) VALUES ('{note}')"  # noqa: S608 - fixed test notes
+    cluster.psql.query(cluster.node(leader).target, CREATE_STORY + insert)
+
+
+def notes(cluster: Cluster, name: str) -> set[str]:
+    out = cluster.psql.query(cluster.node(name).target, "SELECT note FROM bkt_story")
+    return set(out.splitlines())
+
+
+def wait_replicated(cluster: Cluster, replica: str, note: str, timeout: float = 30) -> None:
+    wait_for(f"{note!r} on {replica}", lambda: note in notes(cluster, replica), timeout)
+
+
+def test_bootstrap_elects_one_leader_and_one_streaming_replica(cluster: Cluster):
+    leader, replica = cluster.wait_healthy(60)
+    members = cluster.members()
+    assert sorted(m["role"] for m in members) == ["leader", "replica"]
+    assert {m["name"] for m in members} == set(cluster.nodes)
+    # Patroni and PostgreSQL speak on the overlay addresses.
+    assert {m["host"] for m in members} == {n.address for n in cluster.nodes.values()}
+    status = cluster.status(replica)
+    assert status["replication_state"] == "streaming"
+    assert cluster.status(leader)["role"] == "primary"
+    write_row(cluster, leader, "bootstrap")
+    wait_replicated(cluster, replica, "bootstrap")
+
+
+def test_kill9_of_the_leader_node_promotes_the_replica(cluster: Cluster):
+    leader, replica = cluster.wait_healthy()
+    write_row(cluster, leader, "before-kill")
+    wait_replicated(cluster, replica, "before-kill")
+
+    killed_at = cluster.node(leader).kill9()
+    assert cluster.node(leader).processes() == []
+    new_leader, _ = cluster.wait_leader(FAILOVER_LIMIT, not_=leader)
+    assert new_leader == replica
+
+    # A new leader in the DCS is not enough: it must take writes.
+    took = cluster.wait_writable(new_leader, 30) - killed_at
+    write_row(cluster, new_leader, "after-failover")
+    FACTS.append(f"kill -9 of the leader -> new leader accepting writes: {took:.1f} s")
+    assert {"bootstrap", "before-kill", "after-failover"} <= notes(cluster, new_leader)
+    cluster.story = {"killed": leader}
+
+
+def test_old_leader_comes_back_through_pg_rewind_and_streams(cluster: Cluster):
+    killed = getattr(cluster, "story", {}).get("killed")
+    if killed is None:  # run alone: make a crashed old leader first
+        leader, _ = cluster.wait_healthy()
+        cluster.node(leader).kill9()
+        cluster.wait_leader(FAILOVER_LIMIT, not_=leader)
+        killed = leader
+    node = cluster.node(killed)
+    log_before = len(cluster.patroni_log(killed))
+
+    started = time.monotonic()
+    node.start()
+    cluster.wait_streaming(120, name=killed)
+    FACTS.append(f"old leader back -> streaming: {time.monotonic() - started:.1f} s")
+
+    log = cluster.patroni_log(killed)[log_before:]
+    assert "running pg_rewind from" in log
+    assert "pg_rewind exit code=0" in log
+    leader = cluster.leader()
+    assert leader != killed
+    write_row(cluster, leader, "after-rejoin")
+    wait_replicated(cluster, killed, "after-rejoin")
+    assert {"bootstrap", "before-kill", "after-failover"} <= notes(cluster, killed)
+
+
+def test_network_cut_leader_demotes_before_the_other_node_promotes(cluster: Cluster):
+    leader, replica = cluster.wait_healthy()
+    # Each node is asked over its own Unix socket, so the cut node can still be watched.
+    seen: dict[str, list[tuple[float, bool]]] = {leader: [], replica: []}
+
+    cluster.net.cut(cluster.node(leader).host.name)
+    cut_at = time.monotonic()
+    try:
+        deadline = cut_at + FAILOVER_LIMIT + 30
+        while time.monotonic() < deadline:
+            for name in (leader, replica):
+                seen[name].append((time.monotonic(), cluster.is_writer(name)))
+            if seen[replica][-1][1] and not seen[leader][-1][1]:
+                break
+            time.sleep(0.1)
+    finally:
+        cluster.net.restore(cluster.node(leader).host.name)
+
+    old_first_readonly = next((t for t, w in seen[leader] if not w), None)
+    new_first_writer = next((t for t, w in seen[replica] if w), None)
+    assert old_first_readonly is not None, "the cut-off leader never stopped taking writes"
+    assert new_first_writer is not None, "the other node was never promoted"
+    new_last_readonly = max(t for t, w in seen[replica] if not w and t < new_first_writer)
+    # The cut leader was seen refusing writes before the other node was last seen read-only:
+    # its demotion precedes the promotion, so there were never two writers.
+    assert old_first_readonly < new_last_readonly
+    assert all(not w for t, w in seen[leader] if t >= old_first_readonly)
+    FACTS.append(
+        f"network cut: leader read-only after {old_first_readonly - cut_at:.1f} s, "
+        f"other node writable after {new_first_writer - cut_at:.1f} s"
+    )
+
+    cluster.wait_streaming(120, name=leader)
+    assert cluster.leader() == replica
+
+
+def test_planned_switchover(cluster: Cluster):
+    leader, replica = cluster.wait_healthy()
+    started = time.monotonic()
+    resp = cluster.rest.call(
+        cluster.node(leader).address,
+        "POST",
+        "/switchover",
+        {"leader": leader, "candidate": replica},
+        timeout=60,
+    )
+    assert resp.status == 200, resp.body
+    cluster.wait_leader(60, not_=leader)
+    assert cluster.leader() == replica
+    took = cluster.wait_writable(replica, 30) - started
+    FACTS.append(f"switchover -> new leader accepting writes: {took:.1f} s")
+    write_row(cluster, replica, "after-switchover")
+    cluster.wait_streaming(120, name=leader)
+    wait_replicated(cluster, leader, "after-switchover")

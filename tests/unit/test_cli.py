@@ -1,0 +1,143 @@
+"""The command line as a user meets it: the real `invoke` with config files."""
+
+import json
+import os
+import stat
+import subprocess
+
+from tests.helpers import INVOKE, PROJECT, base_config, invoke, merged, tree, write_config
+
+
+def test_every_task_and_option_is_documented():
+    listing = invoke("--list")
+    assert listing.returncode == 0, listing.stderr
+    for name in ("ca", "check", "render"):
+        line = next(line for line in listing.stdout.splitlines() if line.strip().startswith(name))
+        assert len(line.split()) > 1, f"task {name} has no help line"
+    helped = invoke("--help", "render")
+    assert "--az" in helped.stdout and "AZ label" in helped.stdout
+    assert "--out" in helped.stdout and "directory" in helped.stdout
+
+
+def test_render_writes_bundles_with_their_modes_and_no_secret_on_screen(tmp_path):
+    config = write_config(tmp_path / "c.yaml", base_config(tmp_path))
+    out = tmp_path / "out"
+    result = invoke("-f", str(config), "ca", "render", "--az", "a", "--az", "b", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [n["name"] for n in manifest["nodes"]] == ["prod1-postgresql-0", "prod4-postgresql-0"]
+    for node in manifest["nodes"]:
+        for entry in node["files"]:
+            path = out / node["name"] / "files" / entry["path"].lstrip("/")
+            assert oct(stat.S_IMODE(path.stat().st_mode)) == oct(int(entry["mode"], 8))
+        user_data = out / node["name"] / "user-data"
+        assert stat.S_IMODE(user_data.stat().st_mode) == 0o600
+    secrets = {p.name: p.read_text().strip() for p in (tmp_path / "state/secrets").iterdir()}
+    assert set(secrets) == {"superuser", "replication", "rewind", "restapi", "admin", "admin.scram"}
+    for secret in secrets.values():
+        assert secret not in result.stdout + result.stderr
+    env_file = (out / "prod1-postgresql-0/files/etc/patroni/patroni.env").read_text()
+    assert f'PATRONI_SUPERUSER_PASSWORD="{secrets["superuser"]}"' in env_file
+    # The administrator's password never reaches a node, only its SCRAM verifier.
+    node_tree = tree(out / "prod1-postgresql-0")
+    assert not any(secrets["admin"].encode() in content for content in node_tree.values())
+    assert any(secrets["admin.scram"].encode() in content for content in node_tree.values())
+
+
+def test_rerender_is_stable(tmp_path):
+    config = write_config(tmp_path / "c.yaml", base_config(tmp_path))
+    first, second = tmp_path / "one", tmp_path / "two"
+    assert invoke("-f", str(config), "ca", "render", "--out", str(first)).returncode == 0
+    assert invoke("-f", str(config), "render", "--out", str(second)).returncode == 0
+    assert tree(first) == tree(second)
+
+
+def test_bad_config_reports_every_problem_and_writes_nothing(tmp_path):
+    raw = merged(
+        base_config(tmp_path),
+        **{"azs.a.flavor": 42, "azs.b.colour": "red", "cluster.dcs.members": []},
+    )
+    config = write_config(tmp_path / "c.yaml", raw)
+    out = tmp_path / "out"
+    result = invoke("-f", str(config), "render", "--out", str(out))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "bakery: configuration has 3 problems:"
+    assert (
+        lines[1].strip().startswith("bakery.azs.a.flavor: Input should be a valid string (got 42)")
+    )
+    assert (
+        lines[2].strip() == "bakery.azs.b.colour: unknown key (check the spelling; see examples/)"
+    )
+    assert lines[3].strip().startswith("bakery.cluster.dcs.members: ")
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not (tmp_path / "state").exists()
+
+
+def test_unknown_az_and_missing_ca_change_nothing(tmp_path):
+    config = write_config(tmp_path / "c.yaml", base_config(tmp_path))
+    out = tmp_path / "out"
+    result = invoke("-f", str(config), "render", "--az", "z", "--out", str(out))
+    assert result.returncode == 1
+    assert "--az: 'z' is not an AZ label of this config; known: a, b" in result.stderr
+    result = invoke("-f", str(config), "render", "--out", str(out))
+    assert result.returncode == 1
+    assert "bakery.pki: CA certificate" in result.stderr and "invoke ca" in result.stderr
+    assert not out.exists() and tree(tmp_path / "state") == {}
+
+
+def test_malformed_yaml_is_a_clean_error(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("bakery:\n  azs: [\n")
+    result = invoke("-f", str(config), "render", "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"bakery: {config}:3:1: not valid YAML: expected")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_refuses_to_overwrite_a_foreign_directory(tmp_path):
+    config = write_config(tmp_path / "c.yaml", base_config(tmp_path))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("mine")
+    result = invoke("-f", str(config), "ca", "render", "--out", str(out))
+    assert result.returncode == 1 and "refusing to overwrite" in result.stderr
+    assert tree(out) == {"precious.txt": b"mine"}
+
+
+def test_check_task_reports_a_valid_config(tmp_path):
+    config = write_config(tmp_path / "c.yaml", base_config(tmp_path))
+    result = invoke("-f", str(config), "check")
+    assert result.returncode == 0
+    assert result.stdout.startswith("configuration valid: cluster patroni42")
+
+
+def test_environment_overrides_project_config_and_runtime_file_wins(tmp_path):
+    """Invoke's precedence: INVOKE_BAKERY_* beats invoke.yaml; `-f FILE` beats both."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tasks.py").write_text((PROJECT / "tasks.py").read_text())
+    write_config(project / "invoke.yaml", base_config(tmp_path))
+    env = {"INVOKE_BAKERY_CLUSTER_SCOPE": "fromenv"}
+    result = subprocess.run(
+        [str(INVOKE), "check"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.stdout.startswith("configuration valid: cluster fromenv"), result.stderr
+    runtime = write_config(
+        tmp_path / "runtime.yaml", merged(base_config(tmp_path), **{"cluster.scope": "fromfile"})
+    )
+    result = subprocess.run(
+        [str(INVOKE), "-f", str(runtime), "check"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.stdout.startswith("configuration valid: cluster fromfile"), result.stderr
