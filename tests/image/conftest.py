@@ -25,9 +25,9 @@ from bakery import localbuild
 from bakery.imagedef import PROJECT_ROOT, load_definition
 
 HERE = Path(__file__).resolve().parent
-BUILD_ROOT = Path(os.environ.get("BAKERY_IMAGE_BUILD_DIR", PROJECT_ROOT / "build" / "image-test"))
+BUILD_ROOT = harness.BUILD_ROOT
 DEFINITION = PROJECT_ROOT / "images" / "local-test.yaml"
-FIGURES: dict[str, object] = {}
+FIGURES = harness.FIGURES
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -20,6 +20,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Figures for the terminal summary and build/image-test/bench.json (filled by the tests).
+FIGURES: dict[str, object] = {}
+BUILD_ROOT = Path(
+    os.environ.get(
+        "BAKERY_IMAGE_BUILD_DIR", Path(__file__).resolve().parents[2] / "build" / "image-test"
+    )
+)
+
 NETWORK = "10.213.7.0/24"
 HOST_ADDRESS = "10.213.7.1"  # the bridge: etcd listens here
 GUEST_ADDRESS = "10.213.7.10"

@@ -13,7 +13,6 @@ import re
 import imagetest_harness as harness
 import pytest
 import yaml
-from conftest import FIGURES
 
 from bakery.imagedef import load_definition
 
@@ -202,11 +201,11 @@ def test_cloud_init_spends_little_on_the_bundle(guest):
             bundle[module] = event["timestamp"] - started[event["name"]]
     assert set(bundle) >= {"config-write-files", "config-scripts-user"}, bundle
     total = sum(bundle.values())
-    FIGURES["cloud-init on the node bundle"] = (
+    harness.FIGURES["cloud-init on the node bundle"] = (
         f"{total:.2f} s ({', '.join(f'{k} {v:.2f}' for k, v in sorted(bundle.items()))})"
     )
     stages = guest.agent.sh("cloud-init analyze show | grep -E '^Total Time|Finished stage'")
-    FIGURES["cloud-init stages"] = " | ".join(stages.split("\n")).strip(" |")
+    harness.FIGURES["cloud-init stages"] = " | ".join(stages.split("\n")).strip(" |")
     # No package work at boot: the package module has nothing to do.
     for event in finished:
         if event["name"].endswith("config-package-update-upgrade-install"):

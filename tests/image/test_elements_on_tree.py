@@ -8,9 +8,9 @@ import io
 import zipfile
 from pathlib import Path
 
+import imagetest_harness as harness
 import pytest
 import yaml
-from conftest import BUILD_ROOT, FIGURES
 
 from bakery import localbuild
 from bakery.imagedef import IMAGES_DIR, load_definition
@@ -24,13 +24,15 @@ def test_second_run_of_the_elements_changes_nothing(built):
 
     start = time.monotonic()
     changes = localbuild.rerun_elements(
-        BUILD_ROOT / "local-test", IMAGES_DIR / "local-test.yaml", BUILD_ROOT / "rerun"
+        harness.BUILD_ROOT / "local-test",
+        IMAGES_DIR / "local-test.yaml",
+        harness.BUILD_ROOT / "rerun",
     )
-    FIGURES["second run of the elements"] = (
+    harness.FIGURES["second run of the elements"] = (
         f"{time.monotonic() - start:.0f} s, {len(changes)} changes"
     )
     assert changes == [], "\n".join(changes)
-    assert not localbuild._mounts_under(BUILD_ROOT)
+    assert not localbuild._mounts_under(harness.BUILD_ROOT)
 
 
 def fake_consul_zip(directory: Path) -> Path:
