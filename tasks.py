@@ -115,4 +115,26 @@ def check(c):
         )
 
 
-ns = Collection(render, ca, check)
+@task(
+    help={
+        "target": "where to bake: 'local' (this machine, as root; the cloud bake follows)",
+        "definition": "image definition name or path; default: the config's image.definition",
+        "out": "output directory of a local build; default: build/<definition>",
+    }
+)
+def bake(c, target="local", definition=None, out=None):
+    """Bake the golden image: elements of images/<definition>.yaml, raw + qcow2 disk."""
+    with _reported(c):
+        from bakery.errors import BakeryError
+        from bakery.localbuild import build
+
+        if target != "local":
+            raise BakeryError(f"bake --target {target}: only 'local' exists so far")
+        name = definition or _settings(c).image.definition
+        result = build(name, Path(out or f"build/{Path(str(name)).stem}"))
+        print(
+            f"baked {result.build_id}: {result.qcow2} ({result.sizes['qcow2']} bytes), {result.raw}"
+        )
+
+
+ns = Collection(render, ca, check, bake)

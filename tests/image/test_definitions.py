@@ -246,3 +246,23 @@ def test_runner_refuses_missing_inputs_and_reports_failures(tmp_path):
     assert proc.stdout.splitlines()[-1].startswith(
         'BAKERY-RESULT {"status":"failed","build_id":"unknown","element":"two"'
     )
+
+
+def test_invoke_bake_reports_bad_target_and_definition():
+    import sys
+
+    invoke = str(Path(sys.executable).parent / "invoke")
+    root = IMAGES_DIR.parent
+    proc = subprocess.run(
+        [invoke, "bake", "--target", "cloud", "--definition", "local-test"],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "only 'local' exists so far" in proc.stderr
+    proc = subprocess.run(
+        [invoke, "bake", "--definition", "no-such-image"],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "image definition" in proc.stderr and "no-such-image.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
