@@ -35,6 +35,13 @@ Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+~-]{0,40}
 DebPackage = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.-]{1,62}$")]
 Url = Annotated[str, StringConstraints(pattern=r"^https?://[^\s'\"]+$")]
 Arch = Literal["amd64", "arm64"]
+# The system Python of each supported base (Patroni's venv is made from it).
+PYTHON_OF_RELEASE = {
+    ("debian", "12"): "311",
+    ("debian", "13"): "313",
+    ("ubuntu", "22.04"): "310",
+    ("ubuntu", "24.04"): "312",
+}
 
 
 class ImageDefinitionError(BakeryError):
@@ -250,6 +257,24 @@ def validate_definition(raw: Any, path: Path) -> LoadedDefinition:
             problems.append(
                 Problem("components.consul.sha256", f"no checksum for {', '.join(missing)}")
             )
+    python = PYTHON_OF_RELEASE.get((definition.base.distribution, definition.base.release))
+    if python is None:
+        problems.append(
+            Problem(
+                "base.release",
+                f"{definition.base.distribution} {definition.base.release} is not one of "
+                f"{', '.join(f'{d} {r}' for d, r in PYTHON_OF_RELEASE)}",
+            )
+        )
+    elif f"-py{python}" not in Path(c.patroni.lock).name:
+        # Binary wheels in the lock are built for one Python: they install nowhere else.
+        problems.append(
+            Problem(
+                "components.patroni.lock",
+                f"{definition.base.distribution} {definition.base.release} has Python "
+                f"{python[0]}.{python[1:]}: use a lock named *-py{python}.txt",
+            )
+        )
     if c.postgresql.source == "distro" and definition.base.distribution == "debian":
         shipped = {"11": 13, "12": 15, "13": 17}.get(definition.base.release)
         if shipped is not None and shipped != c.postgresql.major:

@@ -376,18 +376,14 @@ class Builder:
         has_artifacts = self.loaded.consul_artifacts_dir is not None
         env = env if env is not None else self.element_env(has_artifacts)
         with chroot_mounts(tree, cleanup, self.log):
-            staging = tree / STAGING.lstrip("/")
-            staging.mkdir(mode=0o700, parents=True)
-            shutil.copy2(SCRIPTS_DIR / "run-elements", staging / "run-elements")
-            shutil.copytree(SCRIPTS_DIR / "bin", staging / "bin")
-            for element in elements:
-                shutil.copytree(SCRIPTS_DIR / element, staging / element)
-            shutil.copy2(self.loaded.lock_path, staging / "patroni.lock")
-            if extra is not None:
-                shutil.copytree(extra, staging / "extra")
-            if has_artifacts:
-                shutil.copytree(self.loaded.consul_artifacts_dir, staging / "consul-artifacts")
-            (staging / "build.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+            stage_elements(
+                self.loaded,
+                elements,
+                tree / STAGING.lstrip("/"),
+                env,
+                consul_artifacts=self.loaded.consul_artifacts_dir if has_artifacts else None,
+                extra=extra,
+            )
             (self.out / "elements.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
             command = [
                 "chroot",
@@ -507,6 +503,30 @@ class Builder:
         self.run(["mount", loop, str(mnt)], timeout=60)
         cleanup.push(f"mount {mnt} (umount {mnt})", lambda: _umount(mnt))
         self.run(["extlinux", "--install", str(mnt / "boot/extlinux")], timeout=120)
+
+
+def stage_elements(
+    loaded: LoadedDefinition,
+    elements: list[str],
+    staging: Path,
+    env: dict[str, str],
+    consul_artifacts: Path | None = None,
+    extra: Path | None = None,
+) -> None:
+    """Lay out what `run-elements` needs in `staging` (/run/bakery in the target): the runner,
+    its helpers, the elements, the lock, optional artifacts, and build.env. The cloud bake puts
+    the same layout into its builder VM."""
+    staging.mkdir(mode=0o700, parents=True)
+    shutil.copy2(SCRIPTS_DIR / "run-elements", staging / "run-elements")
+    shutil.copytree(SCRIPTS_DIR / "bin", staging / "bin")
+    for element in elements:
+        shutil.copytree(SCRIPTS_DIR / element, staging / element)
+    shutil.copy2(loaded.lock_path, staging / "patroni.lock")
+    if consul_artifacts is not None:
+        shutil.copytree(consul_artifacts, staging / "consul-artifacts")
+    if extra is not None:
+        shutil.copytree(extra, staging / "extra")
+    (staging / "build.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 
 # -- helpers used by the build and by the tests --------------------------------------------

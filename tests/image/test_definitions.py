@@ -266,3 +266,13 @@ def test_invoke_bake_reports_bad_target_and_definition():
     assert proc.returncode == 1
     assert "image definition" in proc.stderr and "no-such-image.yaml" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_lock_must_fit_the_bases_python():
+    raw = raw_definition("postgresql14-patroni")
+    raw["base"].update(distribution="ubuntu", release="22.04", codename="jammy")
+    (problem,) = problems_of(raw, "postgresql14-patroni")
+    assert problem.startswith("components.patroni.lock: ubuntu 22.04 has Python 3.10")
+    raw["base"].update(release="20.04", codename="focal")
+    (problem,) = problems_of(raw, "postgresql14-patroni")
+    assert problem.startswith("base.release: ubuntu 20.04 is not one of debian 12")
