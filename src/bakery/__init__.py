@@ -1,0 +1,1 @@
+"""bakery: golden PostgreSQL/Patroni images for OpenStack."""

@@ -1,0 +1,148 @@
+"""Start the stack's long-running processes, remember them by PID, and stop them by PID.
+
+Each process starts in its own session (setsid). pids/<name>.pid records the PID and its start
+time (so a reused PID is never killed); stopping signals every process whose session is one of
+ours, which also reaches children such as RabbitMQ's Erlang helpers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .layout import PORTS, Layout
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name may hold spaces: the fields after it are split from the last ')'.
+    head, _, tail = raw.rpartition(")")
+    return [head] + tail.split()
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[20] if fields else None  # field 22 (starttime) of proc(5)
+
+
+def _session(pid: int) -> int | None:
+    fields = _stat(pid)
+    if not fields or fields[1] == "Z":
+        return None
+    return int(fields[4])  # field 6 (session) of proc(5)
+
+
+class Supervisor:
+    def __init__(self, layout: Layout):
+        self.layout = layout
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+        self.layout.pids.mkdir(parents=True, exist_ok=True)
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.layout.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.layout.root,
+            )
+        (self.layout.pids / f"{name}.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+        return proc.pid
+
+    def recorded(self) -> dict[str, int]:
+        """name -> PID of the recorded processes that are still the ones we started."""
+        alive = {}
+        for path in sorted(self.layout.pids.glob("*.pid")) if self.layout.pids.exists() else ():
+            pid_text, _, started = path.read_text().strip().partition(" ")
+            pid = int(pid_text)
+            if _start_time(pid) == started and _session(pid) is not None:
+                alive[path.stem] = pid
+        return alive
+
+    def members(self) -> list[int]:
+        """Every live process in one of our sessions (our processes and their children)."""
+        sessions = set(self.recorded().values())
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and _session(int(entry.name)) in sessions:
+                found.append(int(entry.name))
+        return found
+
+    def exited(self) -> list[str]:
+        """Names of recorded processes that are no longer running."""
+        alive = self.recorded()
+        return [p.stem for p in sorted(self.layout.pids.glob("*.pid")) if p.stem not in alive]
+
+    def stop(self, last: tuple[str, ...] = (), grace: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds; the processes named in `last` (the
+        message broker) are stopped after the others, so these do not retry against it."""
+        recorded = self.recorded()
+        first = [pid for name, pid in recorded.items() if name not in last]
+        self._stop_sessions(set(first), grace)
+        self._stop_sessions(set(recorded.values()), grace)
+        if not self.members():
+            for path in self.layout.pids.glob("*.pid") if self.layout.pids.exists() else ():
+                path.unlink()
+
+    def _stop_sessions(self, sessions: set[int], grace: float) -> None:
+        def alive() -> list[int]:
+            return [pid for pid in self.members() if _session(pid) in sessions]
+
+        for pid in alive():
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and alive():
+            time.sleep(0.2)
+        for pid in alive():
+            _signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and alive():
+            time.sleep(0.1)
+
+    def leftovers(self) -> dict[str, list]:
+        """What would show that the stack still runs: our processes and listening ports."""
+        return {"processes": self.members(), "ports": listening_ports()}
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def listening_ports() -> list[int]:
+    """The stack's ports that something listens on (any process, any address)."""
+    ours = set(PORTS.values())
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            if fields[3] == "0A" and port in ours:  # 0A: TCP_LISTEN
+                found.add(port)
+    return sorted(found)
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
