@@ -123,6 +123,9 @@ def main() -> None:
         freeze()
     else:
         install()
+        from . import schema  # imports this module
+
+        schema.ensure({name: venv(name) for name in VENVS})
 
 
 if __name__ == "__main__":

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import time
 from pathlib import Path
 
 from .config import COMPUTE_HOSTS, sqlite
-from .layout import HOST, PORTS, REGION, Layout
+from .layout import HOST, PORTS, REGION, Layout, write_private
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-
-NEUTRON_SCHEMA = """
-import sys
-import sqlalchemy
-from neutron.db.migration.models import head  # noqa: F401  (registers every model)
-from neutron_lib.db import model_base
-model_base.BASEV2.metadata.create_all(sqlalchemy.create_engine(sys.argv[1]))
-"""
 
 
 def run(layout: Layout, log_name: str, argv: list, env: dict[str, str] | None = None) -> None:
@@ -43,51 +36,39 @@ def run(layout: Layout, log_name: str, argv: list, env: dict[str, str] | None = 
         raise RuntimeError(f"{argv[0]} failed ({result.returncode}): see {log.name}")
 
 
-def prepare_keystone(layout: Layout, venv: Path, admin_password: str) -> None:
-    conf = ["--config-file", layout.etc / "keystone/keystone.conf"]
-    manage = [venv / "bin/keystone-manage", *conf]
-    run(layout, "setup-keystone", [*manage, "db_sync"])
-    for keys in ("fernet_setup", "credential_setup"):
-        run(
-            layout,
-            "setup-keystone",
-            [*manage, keys, "--keystone-user", "root", "--keystone-group", "root"],
-        )
+def write_keystone_keys(layout: Layout) -> None:
+    """What `keystone-manage fernet_setup` and `credential_setup` write, without two process
+    starts: a repository (0700) with a staged key `0` and a primary key `1` (0600 each)."""
+    for repo in ("fernet-keys", "credential-keys"):
+        path = layout.data / "keystone" / repo
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for index in ("0", "1"):
+            write_private(path / index, base64.urlsafe_b64encode(os.urandom(32)).decode())
+
+
+def bootstrap_keystone(layout: Layout, venv: Path, admin_password: str) -> None:
     url = layout.url("keystone") + "/"
-    env = {"OS_BOOTSTRAP_PASSWORD": admin_password}
+    conf = layout.etc / "keystone/keystone.conf"
     run(layout, "setup-keystone", [
-        *manage, "bootstrap", "--bootstrap-username", "admin",
-        "--bootstrap-project-name", "admin", "--bootstrap-role-name", "admin",
-        "--bootstrap-service-name", "keystone", "--bootstrap-region-id", REGION,
-        "--bootstrap-admin-url", url, "--bootstrap-internal-url", url,
-        "--bootstrap-public-url", url,
-    ], env=env)  # fmt: skip
+        venv / "bin/keystone-manage", "--config-file", conf, "bootstrap",
+        "--bootstrap-username", "admin", "--bootstrap-project-name", "admin",
+        "--bootstrap-role-name", "admin", "--bootstrap-service-name", "keystone",
+        "--bootstrap-region-id", REGION, "--bootstrap-admin-url", url,
+        "--bootstrap-internal-url", url, "--bootstrap-public-url", url,
+    ], env={"OS_BOOTSTRAP_PASSWORD": admin_password})  # fmt: skip
 
 
-def prepare_glance(layout: Layout, venv: Path) -> None:
-    run(layout, "setup-glance", [venv / "bin/glance-manage", "--config-dir",
-                                 layout.etc / "glance", "db_sync"])  # fmt: skip
-
-
-def prepare_nova(layout: Layout, venv: Path) -> None:
-    run(layout, "setup-nova", [venv / "bin/placement-manage", "--config-file",
-                               layout.etc / "placement/placement.conf", "db", "sync"])  # fmt: skip
+def map_cells(layout: Layout, venv: Path) -> None:
+    """Register cell0 and cell1 (their URLs hold this run's broker password)."""
     manage = [venv / "bin/nova-manage", "--config-file", layout.etc / "nova/nova.conf"]
-    run(layout, "setup-nova", [*manage, "api_db", "sync"])
     run(layout, "setup-nova", [*manage, "cell_v2", "map_cell0", "--database_connection",
                                sqlite(layout, "nova_cell0")])  # fmt: skip
     run(layout, "setup-nova", [*manage, "cell_v2", "create_cell", "--name", "cell1"])
-    run(layout, "setup-nova", [*manage, "db", "sync"])
 
 
 def discover_hosts(layout: Layout, venv: Path) -> None:
-    run(layout, "setup-nova", [venv / "bin/nova-manage", "--config-file",
-                               layout.etc / "nova/nova.conf", "cell_v2", "discover_hosts"])  # fmt: skip
-
-
-def prepare_neutron(layout: Layout, venv: Path) -> None:
-    run(layout, "setup-neutron", [venv / "bin/python", "-c", NEUTRON_SCHEMA,
-                                  sqlite(layout, "neutron")])  # fmt: skip
+    manage = [venv / "bin/nova-manage", "--config-file", layout.etc / "nova/nova.conf"]
+    run(layout, "setup-nova", [*manage, "cell_v2", "discover_hosts"])
 
 
 def _uwsgi(venv: Path, service: str, module: str) -> list[str]:

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from . import config, install, plugins, provision, services
+from . import config, install, plugins, provision, schema, services
 from .layout import HOST, PORTS, Layout
 from .procs import Supervisor, rss_bytes
 
@@ -44,12 +44,15 @@ class Stack:
             raise StackError("OpenStack venvs missing: run tests/cloud/setup first")
         if self.supervisor.recorded():
             self.down()
-        start = time.monotonic()
+        start = self._t0 = time.monotonic()
         warm = self.layout.provisioned.exists() and not fresh
+        schema.ensure(self.venvs)
         if not warm:
             self._wipe()
         plugins.deploy(self.venvs)
         config.render_all(self.layout, self.venvs)
+        if not warm:
+            schema.copy_into(self.layout)
         (self.layout.data / "rabbitmq").mkdir(parents=True, exist_ok=True)
         try:
             info = self._start(warm)
@@ -90,7 +93,14 @@ class Stack:
         root.mkdir(parents=True)
         (root / STATE_MARKER).write_text("state of tests/cloud/stack.py; wiped on a fresh up\n")
 
+    def _mark(self, event: str) -> None:
+        """Timeline of the bring-up in logs/stack.log, to see where its time goes."""
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.layout.logs / "stack.log", "a") as log:
+            log.write(f"{time.monotonic() - self._t0:7.1f} s  {event}\n")
+
     def _run(self, *names: str) -> None:
+        self._mark(f"start {' '.join(names)}")
         for name in names:
             argv, env = self.procs[name]
             self.supervisor.start(name, argv, env)
@@ -102,49 +112,49 @@ class Stack:
         def rabbit() -> None:
             self._run("epmd", "rabbitmq")
             self._wait_port("rabbitmq", timeout=60)
+            self._mark("rabbitmq answers")
 
         def keystone() -> None:
             if not warm:
-                services.prepare_keystone(layout, venvs["keystone"], secrets["admin"])
+                services.write_keystone_keys(layout)
+                services.bootstrap_keystone(layout, venvs["keystone"], secrets["admin"])
+                self._mark("keystone bootstrapped")
             self._run("keystone")
             self._wait_api("keystone")
+            self._mark("keystone answers")
             if not warm:
                 provision.identity(layout)
-
-        def glance() -> None:
-            if not warm:
-                services.prepare_glance(layout, venvs["glance"])
-            self._run("glance")
+                self._mark("identity provisioned")
 
         def nova() -> None:
             if not warm:
-                services.prepare_nova(layout, venvs["nova"])
+                services.map_cells(layout, venvs["nova"])
+                self._mark("cells mapped")
             self._run("placement", "nova-api")
             rabbit_ready.result()
             identity_ready.result()  # the services check their credentials at start
             self._run("nova-conductor", "nova-scheduler")
             self._run(*(name for name in self.procs if name.startswith("nova-compute-")))
 
-        def neutron() -> None:
-            if not warm:
-                services.prepare_neutron(layout, venvs["neutron"])
-            self._run("neutron")
-
         with ThreadPoolExecutor(max_workers=6) as pool:
             rabbit_ready = pool.submit(rabbit)
             identity_ready = pool.submit(keystone)
-            steps = [rabbit_ready, identity_ready] + [
-                pool.submit(f) for f in (glance, nova, neutron)
-            ]
+            steps = [rabbit_ready, identity_ready, pool.submit(nova)]
+            self._run("glance", "neutron")
             for step in steps:
                 step.result()
         for api in APIS:
             self._wait_api(api)
+        self._mark("all APIs answer")
         provision.wait_for_compute(layout)
+        self._mark("compute hosts up")
         if warm:
             return self.info()
         services.discover_hosts(layout, venvs["nova"])  # maps the hosts to cell1
-        return provision.resources(layout)
+        self._mark("hosts discovered")
+        info = provision.resources(layout)
+        self._mark("environments provisioned")
+        return info
 
     def _check_alive(self, name: str) -> None:
         if name in self.supervisor.exited():
