@@ -164,7 +164,12 @@ def _nova(layout: Layout, secrets: dict[str, str], venv: Path) -> None:
             "oslo_messaging_notifications": {"driver": "noop"},
             "vnc": {"enabled": "false"},
             "spice": {"enabled": "false"},
-            "service_user": {"send_service_user_token": "false"},
+            # Neutron lets only a caller with a service token (role `service`) delete the ports
+            # of servers: Nova sends one along with the user's token.
+            "service_user": {
+                **_service_auth(layout, secrets, "nova"),
+                "send_service_user_token": "true",
+            },
         }
     )
     write_private(etc / "nova.conf", text)
