@@ -7,6 +7,7 @@ a private base image with SCS-style properties. Flavors and the AZs az1/az2 are 
 
 from __future__ import annotations
 
+import datetime
 import io
 import time
 
@@ -120,20 +121,24 @@ def identity(layout: Layout) -> None:
             )
 
 
-def wait_for_compute(layout: Layout, timeout: float = 120) -> None:
-    """Until both compute hosts report as up (their compute node records exist by then)."""
+def wait_for_compute(layout: Layout, since: datetime.datetime, timeout: float = 120) -> None:
+    """Until both compute hosts have reported since `since` (UTC): a restarted stack still
+    shows the heartbeats of the previous run as `up` for a minute."""
     conn = admin(layout)
     deadline = time.monotonic() + timeout
     while True:
-        up = {
+        fresh = {
             s.host
             for s in conn.compute.services()
-            if s.binary == "nova-compute" and s.state == "up"
+            if s.binary == "nova-compute"
+            and s.state == "up"
+            and s.updated_at
+            and datetime.datetime.fromisoformat(s.updated_at).replace(tzinfo=None) >= since
         }
-        if set(COMPUTE_HOSTS) <= up:
+        if set(COMPUTE_HOSTS) <= fresh:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"compute hosts not up after {timeout} s: only {sorted(up)}")
+            raise TimeoutError(f"compute hosts not up after {timeout} s: only {sorted(fresh)}")
         time.sleep(0.5)
 
 

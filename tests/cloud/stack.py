@@ -8,6 +8,7 @@ python -m tests.cloud.stack status         what runs, what listens, where clouds
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shutil
 import socket
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import config, install, plugins, provision, schema, services
 from .layout import HOST, PORTS, Layout
-from .procs import Supervisor, rss_bytes
+from .procs import Supervisor, listening_ports, rss_bytes
 
 STATE_MARKER = ".bakery-cloud-state"
 APIS = ("keystone", "glance", "placement", "nova", "neutron")
@@ -77,10 +78,12 @@ class Stack:
         return {
             "running": self.supervisor.recorded(),
             "exited": self.supervisor.exited(),
+            "processes": len(members),
             "rss_bytes": rss_bytes(members),
-            "leftovers": self.supervisor.leftovers(),
-            "clouds_yaml": str(self.layout.clouds_yaml),
+            "listening_ports": listening_ports(),
             "provisioned": self.layout.provisioned.exists(),
+            "clouds_yaml": str(self.layout.clouds_yaml),
+            "admin_clouds_yaml": str(self.layout.admin_clouds_yaml),
         }
 
     # -- bring-up ---------------------------------------------------------------------------
@@ -108,6 +111,7 @@ class Stack:
     def _start(self, warm: bool) -> dict:
         layout, venvs = self.layout, self.venvs
         secrets = layout.secrets()
+        since = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
 
         def rabbit() -> None:
             self._run("epmd", "rabbitmq")
@@ -146,7 +150,7 @@ class Stack:
         for api in APIS:
             self._wait_api(api)
         self._mark("all APIs answer")
-        provision.wait_for_compute(layout)
+        provision.wait_for_compute(layout, since)
         self._mark("compute hosts up")
         if warm:
             return self.info()

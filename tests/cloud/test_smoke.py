@@ -11,7 +11,12 @@ import pytest
 
 from .provision import BASE_IMAGE, BASE_IMAGE_PROPERTIES
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # openstacksdk 4.x warns about its own coming API changes on almost every call.
+    pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK50Warning"),
+    pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK60Warning"),
+]
 FLAVOR = "SCS-1V-2-10"
 BUILDER_USER_DATA = base64.b64encode(b"#!/bin/sh\necho 'BAKERY-RESULT {...}'\npoweroff\n").decode()
 
