@@ -87,9 +87,12 @@ def _report(config, info: dict) -> None:
         )
     _REPORT.append(line)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("")
-        reporter.write_line(line)
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        # Fixture setup runs under output capture: step out of it so that CI shows the line now.
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            reporter.write_line(line)
 
 
 def pytest_terminal_summary(terminalreporter):

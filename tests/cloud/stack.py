@@ -55,6 +55,7 @@ class Stack:
         if not warm:
             schema.copy_into(self.layout)
         (self.layout.data / "rabbitmq").mkdir(parents=True, exist_ok=True)
+        self._mark(f"--- up ({'warm' if warm else 'cold'})")
         try:
             info = self._start(warm)
         except BaseException:
