@@ -105,14 +105,20 @@ def install() -> None:
 def freeze() -> None:
     """Write the exact versions of each venv to requirements/<name>.lock (used as constraints)."""
     uv = _uv()
-    for name in VENVS:
-        out = subprocess.run(
-            [str(uv), "pip", "freeze", "--python", str(venv(name) / "bin" / "python")],
+    venvs = {name: venv(name) for name in VENVS}  # before a lock file changes the key
+    frozen = {
+        name: subprocess.run(
+            [str(uv), "pip", "freeze", "--python", str(path / "bin" / "python")],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
-        (REQUIREMENTS / f"{name}.lock").write_text(out)
+        for name, path in venvs.items()
+    }
+    for name, text in frozen.items():
+        # Our plugins' own metadata (plugins.py) is no package to pin.
+        pins = [line for line in text.splitlines(True) if not line.startswith("bakery-")]
+        (REQUIREMENTS / f"{name}.lock").write_text("".join(pins))
 
 
 def main() -> None:
