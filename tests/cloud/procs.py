@@ -8,6 +8,7 @@ ours, which also reaches children such as RabbitMQ's Erlang helpers.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 
 from .layout import PORTS, Layout
+
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -44,6 +47,7 @@ class Supervisor:
         self.layout = layout
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+        _become_subreaper()
         self.layout.pids.mkdir(parents=True, exist_ok=True)
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         with open(self.layout.logs / f"{name}.log", "ab") as log:
@@ -59,19 +63,23 @@ class Supervisor:
         (self.layout.pids / f"{name}.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
         return proc.pid
 
-    def recorded(self) -> dict[str, int]:
-        """name -> PID of the recorded processes that are still the ones we started."""
-        alive = {}
+    def _pidfiles(self) -> dict[str, int]:
+        """name -> PID of each recorded process that is still (or, as a zombie, was) ours."""
+        found = {}
         for path in sorted(self.layout.pids.glob("*.pid")) if self.layout.pids.exists() else ():
             pid_text, _, started = path.read_text().strip().partition(" ")
-            pid = int(pid_text)
-            if _start_time(pid) == started and _session(pid) is not None:
-                alive[path.stem] = pid
-        return alive
+            if _start_time(int(pid_text)) == started:
+                found[path.stem] = int(pid_text)
+        return found
+
+    def recorded(self) -> dict[str, int]:
+        """name -> PID of the recorded processes that still run."""
+        return {name: pid for name, pid in self._pidfiles().items() if _session(pid) is not None}
 
     def members(self) -> list[int]:
-        """Every live process in one of our sessions (our processes and their children)."""
-        sessions = set(self.recorded().values())
+        """Every live process in one of our sessions (our processes and their children), also
+        when the process that started the session has already died."""
+        sessions = set(self._pidfiles().values())
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and _session(int(entry.name)) in sessions:
@@ -86,10 +94,11 @@ class Supervisor:
     def stop(self, last: tuple[str, ...] = (), grace: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds; the processes named in `last` (the
         message broker) are stopped after the others, so these do not retry against it."""
-        recorded = self.recorded()
+        recorded = self._pidfiles()
         first = [pid for name, pid in recorded.items() if name not in last]
         self._stop_sessions(set(first), grace)
         self._stop_sessions(set(recorded.values()), grace)
+        _reap(recorded.values())
         if not self.members():
             for path in self.layout.pids.glob("*.pid") if self.layout.pids.exists() else ():
                 path.unlink()
@@ -112,6 +121,24 @@ class Supervisor:
     def leftovers(self) -> dict[str, list]:
         """What would show that the stack still runs: our processes and listening ports."""
         return {"processes": self.members(), "ports": listening_ports()}
+
+
+def _become_subreaper() -> None:
+    """Orphans of our processes (e.g. RabbitMQ's helpers) become our children instead of init's:
+    the init process of these machines does not reap them, and zombies would stay in `ps`."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _reap(sessions) -> None:
+    """Collect the exit status of the dead processes of our sessions that are our children."""
+    sessions = set(sessions)
+    for entry in Path("/proc").iterdir():
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+        ours = fields and int(fields[2]) == os.getpid() and int(fields[4]) in sessions
+        if ours and fields[1] == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry.name), os.WNOHANG)
 
 
 def _signal(pid: int, sig: int) -> None:

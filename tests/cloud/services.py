@@ -99,7 +99,8 @@ def processes(layout: Layout, venvs: dict[str, Path]) -> dict[str, tuple[list[st
         "RABBITMQ_LOG_BASE": str(layout.logs),
         "RABBITMQ_PID_FILE": str(layout.data / "rabbitmq/rabbitmq.pid"),
         # Erlang distribution on loopback only.
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1} "
+        "-start_epmd false",  # ours runs on loopback; a daemonized one would escape the stop
     }
     nova = venvs["nova"]
     nova_conf = ["--config-file", str(etc / "nova/nova.conf")]
