@@ -121,24 +121,26 @@ def identity(layout: Layout) -> None:
             )
 
 
-def wait_for_compute(layout: Layout, since: datetime.datetime, timeout: float = 120) -> None:
-    """Until both compute hosts have reported since `since` (UTC): a restarted stack still
-    shows the heartbeats of the previous run as `up` for a minute."""
+def wait_for_service(
+    layout: Layout, binary: str, hosts, since: datetime.datetime, timeout: float = 120
+) -> None:
+    """Until the Nova service `binary` on each of `hosts` has reported since `since` (UTC): a
+    restarted stack still shows the previous run's heartbeats as `up` for a minute."""
     conn = admin(layout)
     deadline = time.monotonic() + timeout
     while True:
         fresh = {
             s.host
             for s in conn.compute.services()
-            if s.binary == "nova-compute"
+            if s.binary == binary
             and s.state == "up"
             and s.updated_at
             and datetime.datetime.fromisoformat(s.updated_at).replace(tzinfo=None) >= since
         }
-        if set(COMPUTE_HOSTS) <= fresh:
+        if set(hosts) <= fresh:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"compute hosts not up after {timeout} s: only {sorted(fresh)}")
+            raise TimeoutError(f"{binary} not up after {timeout} s: only on {sorted(fresh)}")
         time.sleep(0.5)
 
 

@@ -45,6 +45,9 @@ class Stack:
             raise StackError("OpenStack venvs missing: run tests/cloud/setup first")
         if self.supervisor.recorded():
             self.down()
+        if busy := listening_ports():
+            # Else the readiness checks would happily talk to someone else's services.
+            raise StackError(f"ports {busy} are taken (another stack? BAKERY_CLOUD_PORT_BASE)")
         start = self._t0 = time.monotonic()
         warm = self.layout.provisioned.exists() and not fresh
         schema.ensure(self.venvs)
@@ -139,6 +142,9 @@ class Stack:
             rabbit_ready.result()
             identity_ready.result()  # the services check their credentials at start
             self._run("nova-conductor", "nova-scheduler")
+            # A compute that starts first pings the conductor into the void and waits 10 s.
+            provision.wait_for_service(layout, "nova-conductor", ["controller"], since)
+            self._mark("nova-conductor up")
             self._run(*(name for name in self.procs if name.startswith("nova-compute-")))
 
         with ThreadPoolExecutor(max_workers=6) as pool:
@@ -151,7 +157,7 @@ class Stack:
         for api in APIS:
             self._wait_api(api)
         self._mark("all APIs answer")
-        provision.wait_for_compute(layout, since)
+        provision.wait_for_service(layout, "nova-compute", config.COMPUTE_HOSTS, since)
         self._mark("compute hosts up")
         if warm:
             return self.info()
