@@ -1,7 +1,7 @@
 """Measure the cloud tier's bring-up: cold (service state wiped, venvs and DB templates kept)
 and warm (provisioned state reused), plus the stop, for a few rounds.
 
-    .venv/bin/python bench/cloud_bringup.py [--rounds N]
+    .venv/bin/python bench/cloud_bringup.py [--rounds N] [--record bench/results/cloud.jsonl]
 
 Run tests/cloud/setup first; the stack must not be in use by anything else (it is restarted).
 """
@@ -9,6 +9,9 @@ Run tests/cloud/setup first; the stack must not be in use by anything else (it i
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import statistics
 import sys
 import time
@@ -33,11 +36,14 @@ def _down(stack: Stack) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--record", type=Path, help="append the medians as a JSON line here")
     args = parser.parse_args()
     if not install.is_installed():
         raise SystemExit("run tests/cloud/setup first")
     stack = Stack()
     _down(stack)
+    # Other work on the machine shows in every number here: keep the load next to them.
+    load_before = os.getloadavg()[0]
     rows = {"cold": [], "warm": [], "stop": [], "rss_mib": []}
     for round_ in range(args.rounds):
         for kind in ("cold", "warm"):
@@ -53,6 +59,17 @@ def main() -> None:
     for name, values in rows.items():
         print(f"  {name:8} median {statistics.median(values):7.1f}  "
               f"min {min(values):7.1f}  max {max(values):7.1f}")  # fmt: skip
+    if args.record:
+        record = {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "rounds": args.rounds,
+            "load_before": load_before,
+            **{f"{name}_median": round(statistics.median(v), 1) for name, v in rows.items()},
+            **{f"{name}_all": [round(x, 1) for x in v] for name, v in rows.items()},
+        }
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        with args.record.open("a") as out:
+            out.write(json.dumps(record) + "\n")
     timeline = stack.layout.logs / "stack.log"
     print(f"\nlast bring-up's timeline ({timeline}):")
     print(timeline.read_text().rsplit("--- up", 1)[-1], end="")
