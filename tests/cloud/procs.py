@@ -76,15 +76,27 @@ class Supervisor:
         """name -> PID of the recorded processes that still run."""
         return {name: pid for name, pid in self._pidfiles().items() if _session(pid) is not None}
 
-    def members(self) -> list[int]:
-        """Every live process in one of our sessions (our processes and their children), also
-        when the process that started the session has already died."""
-        sessions = set(self._pidfiles().values())
-        found = []
+    def _tree(self, sessions: set[int] | None = None) -> dict[int, list[str]]:
+        """pid -> stat fields of the processes in our sessions and all their descendants (some,
+        like Erlang's erl_child_setup, start sessions of their own), zombies included."""
+        if sessions is None:
+            sessions = set(self._pidfiles().values())
+        procs = {}
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and _session(int(entry.name)) in sessions:
-                found.append(int(entry.name))
-        return found
+            if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+                procs[int(entry.name)] = fields
+        tree = {pid for pid, fields in procs.items() if int(fields[4]) in sessions}
+        grew = True
+        while grew:
+            children = {pid for pid, fields in procs.items() if int(fields[2]) in tree} - tree
+            tree |= children
+            grew = bool(children)
+        return {pid: procs[pid] for pid in tree}
+
+    def members(self, sessions: set[int] | None = None) -> list[int]:
+        """Every live process of the stack, also when the process that started its session has
+        already died."""
+        return sorted(pid for pid, fields in self._tree(sessions).items() if fields[1] != "Z")
 
     def exited(self) -> list[str]:
         """Names of recorded processes that are no longer running."""
@@ -95,17 +107,18 @@ class Supervisor:
         """SIGTERM, then SIGKILL after `grace` seconds; the processes named in `last` (the
         message broker) are stopped after the others, so these do not retry against it."""
         recorded = self._pidfiles()
+        seen = set(self._tree())
         first = [pid for name, pid in recorded.items() if name not in last]
         self._stop_sessions(set(first), grace)
         self._stop_sessions(set(recorded.values()), grace)
-        _reap(recorded.values())
+        _reap(seen | set(self._tree()))
         if not self.members():
             for path in self.layout.pids.glob("*.pid") if self.layout.pids.exists() else ():
                 path.unlink()
 
     def _stop_sessions(self, sessions: set[int], grace: float) -> None:
         def alive() -> list[int]:
-            return [pid for pid in self.members() if _session(pid) in sessions]
+            return self.members(sessions)
 
         for pid in alive():
             _signal(pid, signal.SIGTERM)
@@ -130,15 +143,13 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _reap(sessions) -> None:
-    """Collect the exit status of the dead processes of our sessions that are our children."""
-    sessions = set(sessions)
-    for entry in Path("/proc").iterdir():
-        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
-        ours = fields and int(fields[2]) == os.getpid() and int(fields[4]) in sessions
-        if ours and fields[1] == "Z":
+def _reap(pids: set[int]) -> None:
+    """Collect the exit status of those of `pids` that are dead and our (adopted) children."""
+    for pid in pids:
+        fields = _stat(pid)
+        if fields and fields[1] == "Z" and int(fields[2]) == os.getpid():
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry.name), os.WNOHANG)
+                os.waitpid(pid, os.WNOHANG)
 
 
 def _signal(pid: int, sig: int) -> None:
