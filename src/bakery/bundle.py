@@ -190,7 +190,7 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
         files += _consul_files(settings, env, context, material, node, node_dir)
         services.append("consul.service")
     services.append("patroni.service")
-    runcmd = [["systemctl", "enable", "--now", service] for service in services]
+    runcmd = service_commands(services)
     write_files = [
         {"path": f.path, "owner": f.owner, "permissions": f.mode, "content": f.content}
         for f in files
@@ -204,6 +204,19 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
             f"over Nova's limit of {USER_DATA_LIMIT}"
         )
     return bundle
+
+
+def service_commands(services: list[str]) -> list[list[str]]:
+    """What the user-data runs: enable the node's services, then start them.
+
+    `--no-reload`: the units are already loaded from the image; enabling only adds symlinks, and
+    the daemon reload that `enable --now` would do costs seconds of first boot under emulation.
+    The units order themselves (patroni after consul after nebula).
+    """
+    return [
+        ["systemctl", "--no-reload", "enable", *services],
+        ["systemctl", "start", *services],
+    ]
 
 
 def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: NodePaths):

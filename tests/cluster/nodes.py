@@ -20,6 +20,8 @@ from bundle import NodeBundle, parse_envfile, place
 from netns import Host, ns_inode, ns_path, pids_in_netns
 from processes import Started, Supervisor, kill, minimal_env, start_time, wait_gone
 
+from bakery.bundle import service_commands
+
 PG_MAJOR = 14
 PG_BIN = f"/usr/lib/postgresql/{PG_MAJOR}/bin"
 PATRONI = "/opt/patroni/bin/patroni"
@@ -92,9 +94,7 @@ class Node:
             os.chmod(d, mode)
         # The harness starts what runcmd starts, in its order; it knows nebula and patroni.
         runcmd = self.bundle.runcmd()
-        wanted = [
-            ["systemctl", "enable", "--now", s] for s in ("nebula.service", "patroni.service")
-        ]
+        wanted = service_commands(["nebula.service", "patroni.service"])
         if runcmd != wanted:
             raise RuntimeError(
                 f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then patroni)"

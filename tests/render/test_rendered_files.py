@@ -97,8 +97,10 @@ def test_user_data_only_writes_files_and_starts_services(rendered):
             "runcmd",
         }
         assert data["package_update"] is False and data["package_upgrade"] is False
-        assert all(cmd[:3] == ["systemctl", "enable", "--now"] for cmd in data["runcmd"])
-        assert [cmd[3] for cmd in data["runcmd"]] == node["services"]
+        assert data["runcmd"] == [
+            ["systemctl", "--no-reload", "enable", *node["services"]],
+            ["systemctl", "start", *node["services"]],
+        ]
         for entry in data["write_files"]:
             assert isinstance(entry["permissions"], str) and entry["permissions"].startswith("0")
             on_disk = node_file(out, node, entry["path"]).read_text()
