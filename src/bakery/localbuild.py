@@ -29,15 +29,24 @@ import json
 import os
 import shutil
 import signal
-import stat as stat_mod
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .cleanup import Cleanup
 from .errors import BakeryError
+from .hostfs import (
+    chroot_mounts,
+    detach,
+    kill_processes_in,
+    mounts_under,
+    overlay,
+    overlay_changes,
+    umount,
+)
 from .imagedef import SCRIPTS_DIR, LoadedDefinition, load_definition
 
 ROOT_LABEL = "bakery-root"
@@ -97,27 +106,6 @@ class BuildResult:
         for key in ("raw", "qcow2", "tree", "log"):
             data[key] = str(data[key]) if data[key] is not None else None
         return data
-
-
-class Cleanup:
-    """Undo actions registered as resources are created; run in reverse, report failures."""
-
-    def __init__(self, log: Callable[[str], None]):
-        self._actions: list[tuple[str, Callable[[], None]]] = []
-        self._log = log
-        self.leftovers: list[str] = []
-
-    def push(self, what: str, action: Callable[[], None]) -> None:
-        self._actions.append((what, action))
-
-    def run(self) -> None:
-        while self._actions:
-            what, action = self._actions.pop()
-            try:
-                action()
-            except Exception as error:  # noqa: BLE001 - report every failed release, go on
-                self.leftovers.append(f"{what}: {error}")
-                self._log(f"cleanup FAILED: {what}: {error}")
 
 
 def _now() -> float:
@@ -282,9 +270,9 @@ class Builder:
                     f"consul: SHA-256 MISMATCH for {artifact}: expected {want}, got {got}; "
                     "refusing to build (fix components.consul.sha256 or the artifact)"
                 )
-        if _mounts_under(self.tree):
+        if mounts_under(self.tree):
             raise BuildError(
-                f"{self.tree} has mounts from an earlier build: {_mounts_under(self.tree)}"
+                f"{self.tree} has mounts from an earlier build: {mounts_under(self.tree)}"
             )
 
     # -- base -------------------------------------------------------------------------------
@@ -375,7 +363,7 @@ class Builder:
         repositories and artifacts)."""
         has_artifacts = self.loaded.consul_artifacts_dir is not None
         env = env if env is not None else self.element_env(has_artifacts)
-        with chroot_mounts(tree, cleanup, self.log):
+        with chroot_mounts(tree, cleanup):
             stage_elements(
                 self.loaded,
                 elements,
@@ -402,15 +390,15 @@ class Builder:
             except BuildError as error:
                 raise BuildError(f"elements failed in {tree}: {error}") from None
             finally:
-                _kill_processes_in(tree, self.log)
+                kill_processes_in(tree, self.log)
         return _result_line(output)
 
     def _check_clean_tree(self) -> None:
         leftovers = (
             [p.name for p in (self.tree / "run").iterdir()] if (self.tree / "run").exists() else []
         )
-        if _mounts_under(self.tree):
-            raise BuildError(f"mounts left under {self.tree}: {_mounts_under(self.tree)}")
+        if mounts_under(self.tree):
+            raise BuildError(f"mounts left under {self.tree}: {mounts_under(self.tree)}")
         if leftovers:
             self.log(f"note: {self.tree}/run holds {leftovers} (from the base)")
 
@@ -497,11 +485,11 @@ class Builder:
             capture=True,
             timeout=60,
         ).strip()
-        cleanup.push(f"loop device {loop} (losetup -d {loop})", lambda: _detach(loop))
+        cleanup.push(f"loop device {loop} (losetup -d {loop})", lambda: detach(loop))
         mnt = self.out / "mnt"
         mnt.mkdir(exist_ok=True)
         self.run(["mount", loop, str(mnt)], timeout=60)
-        cleanup.push(f"mount {mnt} (umount {mnt})", lambda: _umount(mnt))
+        cleanup.push(f"mount {mnt} (umount {mnt})", lambda: umount(mnt))
         self.run(["extlinux", "--install", str(mnt / "boot/extlinux")], timeout=120)
 
 
@@ -529,109 +517,6 @@ def stage_elements(
     (staging / "build.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 
-# -- helpers used by the build and by the tests --------------------------------------------
-@contextlib.contextmanager
-def chroot_mounts(tree: Path, cleanup: Cleanup, log: Callable[[str], None]) -> Iterator[None]:
-    """/proc, /sys, /dev, /dev/pts, tmpfs /run in `tree`; resolv.conf, policy-rc.d and the CA
-    bundle swapped in.
-
-    Everything is registered with `cleanup` as soon as it exists and released on leaving.
-    """
-    mark = len(cleanup._actions)
-    try:
-        for target, command in [
-            ("proc", ["mount", "-t", "proc", "proc"]),
-            ("sys", ["mount", "-t", "sysfs", "-o", "ro", "sysfs"]),
-            ("dev", ["mount", "--bind", "/dev"]),
-            ("dev/pts", ["mount", "--bind", "/dev/pts"]),
-            ("run", ["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "tmpfs"]),
-        ]:
-            path = tree / target
-            path.mkdir(parents=True, exist_ok=True)
-            subprocess.run([*command, str(path)], check=True, timeout=30, capture_output=True)
-            cleanup.push(f"mount {path} (umount {path})", lambda p=path: _umount(p))
-        _swap_file(tree / "etc/resolv.conf", Path("/etc/resolv.conf").read_bytes(), 0o644, cleanup)
-        _swap_file(tree / "usr/sbin/policy-rc.d", b"#!/bin/sh\nexit 101\n", 0o755, cleanup)
-        # The build host's trust, for the build only: where a proxy inspects TLS, its CA is in
-        # the host's bundle, not in the image's (which is restored afterwards).
-        host_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
-        if host_bundle.is_file():
-            _swap_file(
-                tree / "etc/ssl/certs/ca-certificates.crt", host_bundle.read_bytes(), 0o644, cleanup
-            )
-        yield
-    finally:
-        actions = cleanup._actions[mark:]
-        del cleanup._actions[mark:]
-        scoped = Cleanup(log)
-        scoped._actions = actions
-        scoped.run()
-        cleanup.leftovers += scoped.leftovers
-        if scoped.leftovers:
-            raise BuildError("could not release: " + "; ".join(scoped.leftovers))
-
-
-@contextlib.contextmanager
-def overlay(lower: Path, workdir: Path, cleanup: Cleanup) -> Iterator[tuple[Path, Path]]:
-    """A writable copy-on-write view of `lower`; yields (merged, upper). `lower` stays as is."""
-    upper, work, merged = workdir / "upper", workdir / "work", workdir / "merged"
-    for path in (upper, work, merged):
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
-        check=True,
-        timeout=30,
-        capture_output=True,
-    )
-    cleanup.push(f"overlay {merged} (umount {merged})", lambda: _umount(merged))
-    yield merged, upper
-
-
-def overlay_changes(lower: Path, upper: Path, merged: Path) -> list[str]:
-    """What an overlay's upper layer changed compared with `lower`, ignoring times.
-
-    Only what was written lands in `upper`, so only those paths need comparing: content
-    (SHA-256), type, mode, owner, link target. A whiteout is a deletion.
-    """
-    changes = []
-    for dirpath, dirnames, filenames in os.walk(upper):
-        for name in sorted(dirnames + filenames):
-            path = Path(dirpath) / name
-            relative = path.relative_to(upper)
-            st = path.lstat()
-            if stat_mod.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                changes.append(f"deleted /{relative}")
-                continue
-            before = _describe(lower / relative)
-            after = _describe(merged / relative)
-            if before != after:
-                changes.append(f"changed /{relative}: {before} -> {after}")
-    return sorted(changes)
-
-
-def _describe(path: Path) -> tuple | None:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return None
-    kind = stat_mod.S_IFMT(st.st_mode)
-    detail: object = None
-    if stat_mod.S_ISLNK(st.st_mode):
-        detail = os.readlink(path)
-    elif stat_mod.S_ISREG(st.st_mode):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        detail = digest.hexdigest()
-    elif stat_mod.S_ISCHR(st.st_mode) or stat_mod.S_ISBLK(st.st_mode):
-        detail = st.st_rdev
-    return (kind, stat_mod.S_IMODE(st.st_mode), st.st_uid, st.st_gid, detail)
-
-
 def rerun_elements(build_dir: Path, definition: str | Path, workdir: Path) -> list[str]:
     """Run a finished build's elements a second time, with the same inputs, on an overlay of
     its tree, and return every difference from the tree as built (empty: idempotent)."""
@@ -653,61 +538,6 @@ def rerun_elements(build_dir: Path, definition: str | Path, workdir: Path) -> li
             cleanup.run()
             if cleanup.leftovers:
                 raise BuildError("could not release: " + "; ".join(cleanup.leftovers))
-
-
-def _swap_file(path: Path, content: bytes, mode: int, cleanup: Cleanup) -> None:
-    """Put a build-time file in place of `path`; restore the original (file or link) later."""
-    saved = path.with_name(path.name + ".bakery-saved")
-    existed = path.is_symlink() or path.exists()
-    if existed:
-        os.rename(path, saved)
-
-    def restore() -> None:
-        if path.is_symlink() or path.exists():
-            path.unlink()
-        if existed:
-            os.rename(saved, path)
-
-    cleanup.push(f"restore {path}", restore)
-    path.write_bytes(content)
-    path.chmod(mode)
-
-
-def _umount(path: Path) -> None:
-    proc = subprocess.run(["umount", str(path)], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        # Busy: detach lazily so nothing stays visible, and say so.
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60, check=True)
-        raise BuildError(f"{path} was busy and was detached lazily: {proc.stderr.strip()}")
-
-
-def _detach(loop: str) -> None:
-    subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=60, check=True)
-
-
-def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve())
-    found = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            point = line.split()[1].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(point)
-    return found
-
-
-def _kill_processes_in(tree: Path, log: Callable[[str], None]) -> None:
-    """Processes left running inside the chroot (gpg-agent, dirmngr, …) would pin mounts."""
-    root = str(tree.resolve())
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        try:
-            if os.readlink(pid_dir / "root") == root:
-                log(f"killing leftover process {pid_dir.name} in {root}")
-                os.kill(int(pid_dir.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -12,7 +12,8 @@ import imagetest_harness as harness
 import pytest
 import yaml
 
-from bakery import localbuild
+from bakery import hostfs, localbuild
+from bakery.cleanup import Cleanup
 from bakery.imagedef import IMAGES_DIR, load_definition
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def test_second_run_of_the_elements_changes_nothing(built):
         f"{time.monotonic() - start:.0f} s, {len(changes)} changes"
     )
     assert changes == [], "\n".join(changes)
-    assert not localbuild._mounts_under(harness.BUILD_ROOT)
+    assert not hostfs.mounts_under(harness.BUILD_ROOT)
 
 
 def fake_consul_zip(directory: Path) -> Path:
@@ -83,11 +84,11 @@ def run_consul_element(built, tmp_path: Path, sha256: str, artifacts: Path) -> l
     builder = localbuild.Builder(loaded, tmp_path / "work", cache_dir=None, echo=False)
     builder.out.mkdir(parents=True)
     with open(builder.log_path, "w") as builder._log_file:
-        cleanup = localbuild.Cleanup(builder.log)
+        cleanup = Cleanup(builder.log)
         try:
-            with localbuild.overlay(built.tree, tmp_path / "overlay", cleanup) as (merged, upper):
+            with hostfs.overlay(built.tree, tmp_path / "overlay", cleanup) as (merged, upper):
                 builder.run_elements(merged, ["consul"], cleanup)
-                return localbuild.overlay_changes(built.tree, upper, merged)
+                return hostfs.overlay_changes(built.tree, upper, merged)
         finally:
             cleanup.run()
             assert not cleanup.leftovers
@@ -115,7 +116,7 @@ def test_consul_element_fails_closed_on_a_checksum_mismatch(built, tmp_path):
     assert f"expected {wrong}, got {hashlib.sha256(artifact.read_bytes()).hexdigest()}" in log
     assert "refusing to install it" in log
     assert "FAILED consul/24-install-consul.sh" in str(caught.value) or "FAILED" in log
-    assert not localbuild._mounts_under(tmp_path)
+    assert not hostfs.mounts_under(tmp_path)
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
@@ -146,7 +147,7 @@ def test_interrupted_build_releases_mounts_and_loop_devices(built, tmp_path, sig
             time.sleep(0.5)
         else:
             pytest.fail("the build never reached the elements")
-        assert localbuild._mounts_under(out), "expected chroot mounts while elements run"
+        assert hostfs.mounts_under(out), "expected chroot mounts while elements run"
         os.kill(proc.pid, getattr(signal, signal_name))
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -155,7 +156,7 @@ def test_interrupted_build_releases_mounts_and_loop_devices(built, tmp_path, sig
             proc.wait()
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
-    assert localbuild._mounts_under(out) == []
+    assert hostfs.mounts_under(out) == []
     assert subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout == loops_before
     assert not (out / "tree" / "usr/sbin/policy-rc.d").exists()
     assert (out / "tree" / "etc/resolv.conf").is_symlink()
@@ -274,9 +275,9 @@ def run_postgresql_pgdg(built, tmp_path: Path, repo_root: Path, fingerprint: str
         "BAKERY_PGDG_KEY_FINGERPRINT": fingerprint,
     }
     with open(builder.log_path, "w") as builder._log_file:
-        cleanup = localbuild.Cleanup(builder.log)
+        cleanup = Cleanup(builder.log)
         try:
-            with localbuild.overlay(built.tree, tmp_path / "overlay", cleanup) as (merged, upper):
+            with hostfs.overlay(built.tree, tmp_path / "overlay", cleanup) as (merged, upper):
                 builder.run_elements(merged, ["postgresql"], cleanup, env=env, extra=repo_root)
                 return upper
         finally:
