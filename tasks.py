@@ -130,6 +130,11 @@ def bake(c, target="local", definition=None, out=None):
 
         if target != "local":
             raise BakeryError(f"bake --target {target}: only 'local' exists so far")
+        if definition is None and c.config.get("bakery") is None:
+            raise BakeryError(
+                "bake: no image definition: give --definition NAME (images/NAME.yaml; "
+                "local-test builds here without a cloud) or a config with image.definition"
+            )
         name = definition or _settings(c).image.definition
         result = build(name, Path(out or f"build/{Path(str(name)).stem}"))
         print(

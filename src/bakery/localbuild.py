@@ -250,7 +250,7 @@ class Builder:
         missing = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
         if missing:
             raise BuildError(
-                f"missing host tools: {', '.join(missing)} (tests/image/setup installs them)"
+                f"missing host tools: {', '.join(missing)} (dev/install-build-tools installs them)"
             )
         if self.arch not in self.loaded.definition.base.architectures:
             raise BuildError(
