@@ -67,13 +67,7 @@ def one_run(overrides: dict) -> tuple[dict[str, float], int, int]:
         leader, replica = c.wait_healthy(120)
         wait_sync(c, overrides)
         t0 = time.monotonic()
-        resp = c.rest.call(
-            c.node(leader).address,
-            "POST",
-            "/switchover",
-            {"leader": leader, "candidate": replica},
-            timeout=60,
-        )
+        resp = c.switchover(leader, replica)
         if resp.status != 200:
             raise RuntimeError(f"switchover refused: {resp.status} {resp.body}")
         times["switchover"] = c.wait_writable(replica, 60) - t0

@@ -94,11 +94,13 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-def invoke(*args: str, cwd: Path = PROJECT, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the real `invoke` command line of this project."""
+def invoke(
+    *args: str, cwd: Path = PROJECT, env: dict | None = None, root: Path = PROJECT
+) -> subprocess.CompletedProcess:
+    """Run the real `invoke` command line with the tasks.py found in `root`."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [str(INVOKE), "--search-root", str(PROJECT), *args],
+        [str(INVOKE), "--search-root", str(root), *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -252,6 +252,16 @@ class Cluster:
         )
         return res.returncode == 0
 
+    def switchover(self, leader: str, candidate: str):
+        """Ask the leader's REST API for a planned switchover (authenticated, over TLS)."""
+        return self.rest.call(
+            self.node(leader).address,
+            "POST",
+            "/switchover",
+            {"leader": leader, "candidate": candidate},
+            timeout=60,
+        )
+
     def wait_writable(self, name: str, timeout: float) -> float:
         """Wait until `name` commits a write; returns the monotonic time it did."""
         wait_for(f"{name} accepting writes", lambda: self.write_probe(name), timeout, every=0.1)

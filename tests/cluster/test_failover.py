@@ -131,13 +131,7 @@ def test_network_cut_leader_demotes_before_the_other_node_promotes(cluster: Clus
 def test_planned_switchover(cluster: Cluster):
     leader, replica = cluster.wait_healthy()
     started = time.monotonic()
-    resp = cluster.rest.call(
-        cluster.node(leader).address,
-        "POST",
-        "/switchover",
-        {"leader": leader, "candidate": replica},
-        timeout=60,
-    )
+    resp = cluster.switchover(leader, replica)
     assert resp.status == 200, resp.body
     cluster.wait_leader(60, not_=leader)
     assert cluster.leader() == replica

@@ -1,11 +1,9 @@
 """The command line as a user meets it: the real `invoke` with config files."""
 
 import json
-import os
 import stat
-import subprocess
 
-from tests.helpers import INVOKE, PROJECT, base_config, invoke, merged, tree, write_config
+from tests.helpers import PROJECT, base_config, invoke, merged, tree, write_config
 
 
 def test_every_task_and_option_is_documented():
@@ -120,24 +118,10 @@ def test_environment_overrides_project_config_and_runtime_file_wins(tmp_path):
     (project / "tasks.py").write_text((PROJECT / "tasks.py").read_text())
     write_config(project / "invoke.yaml", base_config(tmp_path))
     env = {"INVOKE_BAKERY_CLUSTER_SCOPE": "fromenv"}
-    result = subprocess.run(
-        [str(INVOKE), "check"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        check=False,
-    )
+    result = invoke("check", cwd=project, env=env, root=project)
     assert result.stdout.startswith("configuration valid: cluster fromenv"), result.stderr
     runtime = write_config(
         tmp_path / "runtime.yaml", merged(base_config(tmp_path), **{"cluster.scope": "fromfile"})
     )
-    result = subprocess.run(
-        [str(INVOKE), "-f", str(runtime), "check"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        check=False,
-    )
+    result = invoke("-f", str(runtime), "check", cwd=project, env=env, root=project)
     assert result.stdout.startswith("configuration valid: cluster fromfile"), result.stderr
