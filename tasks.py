@@ -77,9 +77,10 @@ def _settings(c):
 def render(c, az, out="out/render"):
     """Render every node's bundle and user-data, without any cloud access."""
     with _reported(c):
-        from bakery.render import render_cluster, write_bundles
+        from bakery.render import check_output, render_cluster, write_bundles
 
         settings = _settings(c)
+        check_output(Path(out))
         bundles = render_cluster(settings, az)
         write_bundles(bundles, Path(out), settings.cluster.scope)
         for bundle in bundles:

@@ -351,9 +351,22 @@ def _consul_files(settings, env, context, material, node: Node, node_dir: Path):
     text = render(env, "consul.hcl.j2", **consul_context)
     checks.check_consul(text, consul_context)
     files = [
-        BundleFile("/etc/consul.d/consul.hcl", text, "consul:consul", "0640"),
+        # It holds the gossip key and the agent's token.
+        BundleFile("/etc/consul.d/consul.hcl", text, "consul:consul", "0600"),
         BundleFile(
             "/etc/consul.d/tls/ca.pem", material.consul_ca.cert_pem, "consul:consul", "0644"
+        ),
+        # Patroni registers HTTPS health checks of its REST API, whose certificate the cluster
+        # CA signed; Consul verifies checks against the system roots, which Go takes from
+        # SSL_CERT_FILE (consul.service reads consul.env).
+        BundleFile(
+            "/etc/consul.d/tls/checks-ca.pem", material.ca.cert_pem, "consul:consul", "0644"
+        ),
+        BundleFile(
+            "/etc/consul.d/consul.env",
+            "SSL_CERT_FILE=/etc/consul.d/tls/checks-ca.pem\n",
+            "consul:consul",
+            "0644",
         ),
     ]
     if not consul.auto_encrypt:

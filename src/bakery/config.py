@@ -6,7 +6,7 @@ models below; the checks that relate fields to each other (an AZ's environment e
 failure domains name AZs, overlay ranges do not collide, ...) run in `topology_problems` once the
 structure is sound, so a user sees every problem of a kind in one run.
 
-Relative paths are taken relative to the working directory (where tasks.py is).
+Relative paths are taken relative to the working directory.
 """
 
 from __future__ import annotations
@@ -261,6 +261,10 @@ def load_settings(raw: Mapping[str, Any] | None) -> Settings:
     return settings
 
 
+# Fields that carry a secret source: a secret written inline by mistake is never echoed.
+_SECRET_FIELDS = {"gossip_key", "acl_token", "key", "key_secret"}
+
+
 def _problem(error: Mapping[str, Any]) -> Problem:
     path = ".".join(["bakery", *(str(p) for p in error["loc"])])
     message = error["msg"].removeprefix("Value error, ")
@@ -268,6 +272,8 @@ def _problem(error: Mapping[str, Any]) -> Problem:
         return Problem(path, "unknown key (check the spelling; see examples/)")
     if error["type"] == "missing":
         return Problem(path, "required, but missing")
+    if _SECRET_FIELDS.intersection(str(p) for p in error["loc"]):
+        return Problem(path, f"{message} (value not shown: give {{env: NAME}} or {{file: PATH}})")
     return Problem(path, f"{message} (got {_short(error.get('input'))})")
 
 
@@ -289,6 +295,10 @@ def topology_problems(settings: Settings) -> list[Problem]:
                 )
             )
     problems += _dcs_problems(settings)
+    if not problems:
+        from .plan import dcs_survival_problems  # plan imports this module
+
+        problems += dcs_survival_problems(settings, list(settings.azs))
     problems += _overlay_problems(settings)
     problems += _name_problems(settings)
     return problems

@@ -453,7 +453,9 @@ class Builder:
             raise BuildError("syslinux mbr.bin not found (install syslinux-common)")
         with open(raw, "r+b") as f:
             f.write(mbr.read_bytes()[:440])
-        self._install_extlinux(raw, fs_bytes, cleanup)
+        # Unmounted and detached before the copy: a qcow2 of a mounted file system is unclean.
+        with cleanup.scope():
+            self._install_extlinux(raw, fs_bytes, cleanup)
         self.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(qcow2)], timeout=900)
         return raw, qcow2
 

@@ -141,11 +141,22 @@ def load_ca(cert_path: Path, key_path: Path | None, field: str) -> CertificateAu
         ) from None
     except ValueError as error:
         raise BakeryError(f"{field}: {cert_path} is not a PEM certificate ({error})") from None
-    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    if not basic.ca:
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
         raise BakeryError(f"{field}: {cert_path} is not a CA certificate")
+    if cert.not_valid_after_utc <= _now():
+        raise BakeryError(
+            f"{field}: CA certificate {cert_path} expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+        )
     key = None
     if key_path is not None:
+        if key_path.exists() and key_path.stat().st_mode & 0o077:
+            raise BakeryError(
+                f"{field}: CA key {key_path} is readable by others; run: chmod 600 {key_path}"
+            )
         try:
             loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         except FileNotFoundError:
@@ -204,8 +215,11 @@ def issue_cached(directory: Path, stem: str, ca: CertificateAuthority, spec: Lea
     """Like `issue`, but reuse `<directory>/<stem>.{pem,key}` while it still fits the spec."""
     cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
     if cert_path.exists() and key_path.exists():
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        if _still_fits(cert, ca, spec):
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except ValueError:
+            cert = None  # damaged: issued anew below
+        if cert is not None and _still_fits(cert, ca, spec):
             return KeyPair(cert_path.read_text(), key_path.read_text())
     pair = issue(ca, spec)
     write_private(key_path, pair.key_pem)

@@ -73,7 +73,7 @@ def make_plan(
 ) -> Plan:
     """Name the nodes of the chosen AZs and give each its addresses. Writes nothing."""
     labels = select_azs(settings, az_labels)
-    problems = dcs_survival_problems(settings, labels)
+    problems: list[Problem] = []
     counters: dict[str, int] = {}
     drafts: list[tuple[str, str, str, IPv4 | None]] = []
     # Counters run per environment over every AZ of the config, so a node's name does not
@@ -113,7 +113,9 @@ def make_plan(
 
 def dcs_survival_problems(settings: Settings, labels: list[str]) -> list[Problem]:
     """With nodes in two or more AZs, losing any one of them must leave a DCS majority;
-    otherwise the surviving primary demotes itself and the database is down with that AZ."""
+    otherwise the surviving primary demotes itself and the database is down with that AZ.
+    Checked over every AZ of the config (config.topology_problems), not only those rendered
+    or launched at once: a cluster is often rendered one environment at a time."""
     if len(labels) < 2:
         return []
     members = settings.cluster.dcs.members
@@ -156,6 +158,8 @@ def _allocate_overlay(
     assert overlay.cidr is not None
     taken = {ipaddress.IPv4Address(a) for a in allocations.values()}
     taken |= {lh.overlay_address for lh in overlay.lighthouses}
+    # DCS servers often live on the overlay too (the tutorial's Consul servers do).
+    taken |= {a for a in _ipv4s(m.address for m in settings.cluster.dcs.members)}
     candidates = (
         a
         for a in overlay.cidr.hosts()
@@ -193,6 +197,16 @@ def _allocate_overlay(
         allocations[name] = str(address)
         result[name] = address
     return result
+
+
+def _ipv4s(texts: Iterable[str]) -> list[IPv4]:
+    found = []
+    for text in texts:
+        try:
+            found.append(ipaddress.IPv4Address(text))
+        except ValueError:
+            continue  # a host name
+    return found
 
 
 def save(settings: Settings, plan: Plan) -> None:

@@ -31,12 +31,30 @@ def render_cluster(
     return bundles
 
 
-def write_bundles(bundles: list[Bundle], out: Path, scope: str) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+# Marks a directory as a render, which a later render may replace (and nothing else may be).
+KIND = "bakery-render"
+
+
+def check_output(out: Path) -> None:
+    """Refuse an --out that is not ours to replace; called before anything is created."""
+    if out.exists() and not out.is_dir():
+        raise BakeryError(f"--out {out}: is a file, not a directory")
+    if out.exists() and any(out.iterdir()) and not _is_render(out):
         raise BakeryError(
-            f"--out {out}: exists, is not empty and holds no bakery render ({MANIFEST}); "
+            f"--out {out}: exists, is not empty and holds no earlier render; "
             "refusing to overwrite it: choose another directory"
         )
+
+
+def _is_render(out: Path) -> bool:
+    try:
+        return json.loads((out / MANIFEST).read_text()).get("kind") == KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_bundles(bundles: list[Bundle], out: Path, scope: str) -> None:
+    check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -45,7 +63,7 @@ def write_bundles(bundles: list[Bundle], out: Path, scope: str) -> None:
             write_file(node_dir / "user-data", bundle.user_data, 0o600)
             for f in bundle.files:
                 write_file(node_file_path(node_dir / "files", f.path), f.content, int(f.mode, 8))
-        manifest = {"scope": scope, "nodes": [describe(b) for b in bundles]}
+        manifest = {"kind": KIND, "scope": scope, "nodes": [describe(b) for b in bundles]}
         write_file(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         staging.chmod(0o700)
         if out.exists():

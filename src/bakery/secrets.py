@@ -66,8 +66,11 @@ class SecretStore:
         path = self.directory / f"{name}.scram"
         if path.exists():
             stored = read_private(path)
-            salt = base64.b64decode(stored.split("$")[1].split(":")[1])
-            if scram_verifier(password, salt=salt) == stored:
+            try:
+                salt = base64.b64decode(stored.split("$")[1].split(":")[1])
+            except (IndexError, ValueError):
+                salt = None  # damaged: made anew below
+            if salt is not None and scram_verifier(password, salt=salt) == stored:
                 return stored
         verifier = scram_verifier(password)
         write_private(path, verifier + "\n")
@@ -79,7 +82,7 @@ class SecretStore:
     def resolve(self, source: SecretSource, field_path: str) -> Secret:
         """A secret the user owns, from the environment variable or the file the config names."""
         if source.env is not None:
-            value = self.environ.get(source.env)
+            value = (self.environ.get(source.env) or "").strip()
             if not value:
                 raise BakeryError(
                     f"{field_path}: environment variable {source.env} is not set or empty"
@@ -93,12 +96,15 @@ class SecretStore:
 
 def read_private(path: Path) -> str:
     """Read a secret file, refusing one that others can read."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise BakeryError(
-            f"{path}: mode {mode:04o} lets others read a secret; run: chmod 600 {path}"
-        )
-    value = path.read_text().strip()
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise BakeryError(
+                f"{path}: mode {mode:04o} lets others read a secret; run: chmod 600 {path}"
+            )
+        value = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise BakeryError(f"{path}: cannot read the secret ({type(error).__name__})") from None
     if not value:
         raise BakeryError(f"{path}: empty secret file")
     return value

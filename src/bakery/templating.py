@@ -105,10 +105,11 @@ def hcl_value(value: Any) -> str:
         return str(value)
     text = str(value)
     if any(ord(c) < 0x20 and c not in "\n\t\r" for c in text):
-        raise BakeryError(f"value {text[:20]!r}... holds a control character HCL cannot carry")
+        # Never the value itself in a message: what reaches these filters unchecked are secrets.
+        raise BakeryError("a value for an HCL file holds a control character HCL cannot carry")
     if "${" in text or "%{" in text:
         raise BakeryError(
-            f"value {text[:20]!r}... holds '${{' or '%{{', which HCL reads as an interpolation"
+            "a value for an HCL file holds '${' or '%{', which HCL reads as an interpolation"
         )
     return json.dumps(text, ensure_ascii=False)
 
@@ -117,9 +118,7 @@ def ini_value(value: Any) -> str:
     """A value for pgBackRest's INI file: one line, no surrounding space, or an error."""
     text = str(value)
     if any(c in text for c in "\r\n\x00") or text != text.strip():
-        raise BakeryError(
-            f"value {text[:20]!r}... cannot go into an INI file (line break or edge spaces)"
-        )
+        raise BakeryError("a value for an INI file holds a line break or leading/trailing spaces")
     return text
 
 

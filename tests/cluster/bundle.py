@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from bakery import checks
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_TEMPLATE = Path(__file__).with_name("cluster.yaml")
 
@@ -159,28 +161,6 @@ class Masked(str):
 
 
 def parse_envfile(text: str) -> dict[str, str]:
-    """A systemd EnvironmentFile (KEY=VALUE, quotes and backslash escapes) as systemd reads it.
-
-    Values come back Masked: the file holds the node's passwords.
-    """
-    env = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line[0] in "#;":
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        env[key.strip()] = Masked(_unquote(value.strip()))
-    return env
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == "'":
-        return value[1:-1]
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        out, chars = [], iter(value[1:-1])
-        for c in chars:
-            out.append(next(chars, "") if c == "\\" else c)
-        return "".join(out)
-    return value
+    """patroni.env as the node reads it (bakery's own parser, the one its checks use), with
+    every value Masked: the file holds the node's passwords."""
+    return {key: Masked(value) for key, value in checks.parse_envfile(text).items()}

@@ -88,6 +88,15 @@ def new_run_id() -> str:
     return "bkt" + secrets.token_hex(3)
 
 
+# What psql says when the server takes no connection at all, so no write either.
+NOT_SERVING = (
+    "No such file or directory",  # no socket: PostgreSQL is not running
+    "Connection refused",
+    "the database system is starting up",
+    "the database system is shutting down",
+)
+
+
 @dataclass
 class Cluster:
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -304,9 +313,13 @@ class Cluster:
         ]
         return self.nodes[name].enter(argv, user="postgres", timeout=timeout, check=False)
 
-    def is_writer(self, name: str) -> bool:
+    def is_writer(self, name: str) -> bool | None:
+        """True: takes writes. False: in recovery, or the server says it serves no one (stopped,
+        starting, shutting down). None: any other failure (a timeout, say), no evidence."""
         res = self.local_sql(name, "SELECT pg_is_in_recovery()", timeout=5)
-        return res.returncode == 0 and res.stdout.strip() == "f"
+        if res.returncode == 0:
+            return {"f": True, "t": False}.get(res.stdout.strip())
+        return False if any(s in res.stderr for s in NOT_SERVING) else None
 
     def patroni_log(self, name: str) -> str:
         return (self.base / "logs" / f"{name}-patroni.log").read_text(errors="replace")

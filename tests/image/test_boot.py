@@ -206,10 +206,6 @@ def test_cloud_init_spends_little_on_the_bundle(guest):
     )
     stages = guest.agent.sh("cloud-init analyze show | grep -E '^Total Time|Finished stage'")
     harness.FIGURES["cloud-init stages"] = " | ".join(stages.split("\n")).strip(" |")
-    # No package work at boot: the package module has nothing to do.
-    for event in finished:
-        if event["name"].endswith("config-package-update-upgrade-install"):
-            assert event["timestamp"] - started[event["name"]] < 1.0
-    # Writing the bundle is within the goal. Starting its services (runcmd's `systemctl start`,
-    # inside scripts-user) costs more under TCG: reported in the figures.
-    assert bundle["config-write-files"] <= 2.0, bundle
+    # No package work at boot: dpkg wrote nothing since generalization emptied its log.
+    # (How long the bundle takes is a figure for bench/image-bench, not an assertion.)
+    assert guest.agent.sh("cat /var/log/dpkg.log 2>/dev/null | wc -c").strip() == "0"

@@ -140,7 +140,7 @@ def test_consul_hcl_parses_with_the_types_consul_expects(rendered):
         if auto_encrypt:
             assert data["auto_encrypt"][0]["tls"] is True
         tokens = data["acl"][0]["tokens"][0]
-        assert isinstance(tokens["default"], str)
+        assert isinstance(tokens["agent"], str) and "default" not in tokens
         paths = [f["path"] for f in node["files"]]
         assert ("/etc/consul.d/tls/client.key" in paths) is (not auto_encrypt)
         # Server certificates never go on database nodes.

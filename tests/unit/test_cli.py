@@ -99,9 +99,17 @@ def test_render_refuses_to_overwrite_a_foreign_directory(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("mine")
-    result = invoke("-f", str(config), "ca", "render", "--out", str(out))
+    result = invoke("-f", str(config), "render", "--out", str(out))
     assert result.returncode == 1 and "refusing to overwrite" in result.stderr
     assert tree(out) == {"precious.txt": b"mine"}
+    assert not (tmp_path / "state").exists()  # refused before any secret was made
+    # A bake's output has a manifest.json too: it is not a render either.
+    (out / "manifest.json").write_text('{"build_id": "local-test-1"}')
+    result = invoke("-f", str(config), "render", "--out", str(out))
+    assert result.returncode == 1 and "refusing to overwrite" in result.stderr
+    (tmp_path / "file").write_text("x")
+    result = invoke("-f", str(config), "render", "--out", str(tmp_path / "file"))
+    assert result.returncode == 1 and "is a file, not a directory" in result.stderr
 
 
 def test_check_task_reports_a_valid_config(tmp_path):

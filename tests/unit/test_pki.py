@@ -82,3 +82,17 @@ def test_nebula_host_certificate_verifies_and_is_reused(tmp_path):
     assert again == host
     moved = pki.nebula_host(tmp_path / "n", crt, key, "n1", IP("100.102.1.40"), 22, ["postgres"])
     assert moved.cert_pem != host.cert_pem
+
+
+def test_an_expired_ca_is_refused_with_its_date(tmp_path):
+    assert pki.create_ca(tmp_path / "old.pem", tmp_path / "old.key", "old", days=0)
+    with pytest.raises(BakeryError, match=r"^bakery\.pki: CA certificate .* expired on"):
+        pki.load_ca(tmp_path / "old.pem", tmp_path / "old.key", "bakery.pki")
+
+
+def test_a_damaged_cached_certificate_is_issued_anew(tmp_path, ca):
+    spec = pki.LeafSpec("n", ("n",), (IP("10.0.0.1"),), 30)
+    pki.issue_cached(tmp_path / "node", "node", ca, spec)
+    (tmp_path / "node/node.pem").write_text("garbage")
+    pair = pki.issue_cached(tmp_path / "node", "node", ca, spec)
+    assert pair.cert_pem.startswith("-----BEGIN CERTIFICATE-----")

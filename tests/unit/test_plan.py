@@ -5,9 +5,9 @@ import ipaddress
 import pytest
 
 from bakery import plan
-from bakery.config import load_settings
+from bakery.config import Settings, load_settings
 from bakery.errors import ConfigError
-from tests.helpers import base_config, merged
+from tests.helpers import DELETE, base_config, merged
 
 
 def settings_of(raw):
@@ -99,8 +99,25 @@ def test_launch_supplies_private_addresses(tmp_path):
 )
 def test_the_dcs_must_survive_the_loss_of_any_az(tmp_path, domains, bad_azs):
     members = [{"address": f"10.0.0.{i}", "failure_domain": d} for i, d in enumerate(domains)]
-    settings = settings_of(merged(base_config(tmp_path), **{"cluster.dcs.members": members}))
+    raw = merged(base_config(tmp_path), **{"cluster.dcs.members": members})
+    settings = Settings.model_validate(raw)  # the structure alone, before topology checks
     problems = plan.dcs_survival_problems(settings, ["a", "b"])
     assert [p.message.split("'")[1] for p in problems] == bad_azs
     # One AZ alone cannot survive its own loss anyway: nothing to check.
     assert plan.dcs_survival_problems(settings, ["a"]) == []
+    # The config is refused as a whole, whichever --az a render or launch names.
+    if bad_azs:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(raw)
+        assert "no majority" in str(caught.value)
+
+
+def test_the_dcs_members_overlay_addresses_are_not_handed_out(tmp_path):
+    members = [{"address": "100.102.0.2", "failure_domain": "external"}]
+    raw = merged(
+        base_config(tmp_path),
+        **{"cluster.dcs.members": members, "overlay.first_node_address": DELETE},
+    )
+    nodes = plan.make_plan(settings_of(raw), ["a"]).nodes
+    # .1 is the lighthouse, .2 the DCS member.
+    assert str(nodes[0].overlay_address) == "100.102.0.3"
