@@ -116,8 +116,8 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
     ca = pki.load_ca(settings.pki.ca_cert, settings.pki.ca_key, "bakery.pki")
     consul = settings.cluster.dcs.consul if settings.cluster.dcs.type == "consul" else None
     consul_ca = None
+    where = "bakery.cluster.dcs.consul"
     if consul is not None:
-        where = "bakery.cluster.dcs.consul"
         cert = consul.ca_cert or settings.pki.ca_cert
         key = None if consul.auto_encrypt else (consul.ca_key or settings.pki.ca_key)
         consul_ca = pki.load_ca(cert, key, where)
@@ -132,7 +132,6 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
                 )
     store = SecretStore(settings.state_dir, environ)
     resolve = store.resolve
-    where = "bakery.cluster.dcs.consul"
     gossip = (
         resolve(consul.gossip_key, f"{where}.gossip_key") if consul and consul.gossip_key else None
     )

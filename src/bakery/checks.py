@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import BakeryError
+from .templating import plain
 
 
 def _fail(what: str, detail: str) -> BakeryError:
@@ -42,7 +43,7 @@ def check_patroni(text: str, context: dict) -> None:
     _expect(
         what,
         data.get("bootstrap", {}).get("dcs"),
-        _plain(context["bootstrap_dcs"]),
+        plain(context["bootstrap_dcs"]),
         "bootstrap.dcs",
     )
     postgresql = data.get("postgresql", {})
@@ -64,12 +65,6 @@ def _has_key(data: Any, key: str) -> bool:
     if isinstance(data, list):
         return any(_has_key(v, key) for v in data)
     return False
-
-
-def _plain(value: Any) -> Any:
-    from .templating import _plain as plain
-
-    return plain(value)
 
 
 def check_envfile(text: str, context: dict) -> None:

@@ -286,12 +286,6 @@ def nebula_host(
     groups: Sequence[str],
 ) -> KeyPair:
     """A Nebula host certificate for `address`, reused while the CA, address and groups match."""
-    for path, what in ((ca_cert, "bakery.overlay.ca_cert"), (ca_key, "bakery.overlay.ca_key")):
-        if not path.exists():
-            raise BakeryError(
-                f"{what}: {path} does not exist (create a Nebula CA with `invoke ca`, "
-                "or point to your overlay's CA)"
-            )
     crt, key = directory / "nebula-host.crt", directory / "nebula-host.key"
     wanted = {"ip": f"{address}/{prefix_length}", "groups": sorted(groups), "name": name}
     if crt.exists() and key.exists() and _nebula_matches(crt, ca_cert, wanted):

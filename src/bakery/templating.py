@@ -27,14 +27,14 @@ class _Dumper(yaml.SafeDumper):
     """Safe YAML with readable multi-line strings (literal blocks where YAML allows them)."""
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Turn addresses and paths into strings so they dump as plain YAML scalars."""
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()  # raises: a missing value is never rendered
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv4Network | Path):
         return str(value)
     return value
@@ -57,7 +57,7 @@ _Dumper.add_representer(str, _str_representer)
 
 def to_yaml_inline(value: Any) -> str:
     """A YAML value on one line: scalars double-quoted, collections in flow style."""
-    value = _plain(value)
+    value = plain(value)
     if isinstance(value, str):
         text = yaml.safe_dump(value, default_style='"', width=float("inf"), allow_unicode=True)
     else:
@@ -75,13 +75,13 @@ def to_yaml_inline(value: Any) -> str:
 def to_yaml_block(value: Any) -> str:
     """A YAML document fragment in block style (for whole sections such as write_files)."""
     return yaml.dump(
-        _plain(value), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True
+        plain(value), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True
     ).rstrip("\n")
 
 
 def to_yaml_nested(value: Any, indent: int) -> str:
     """A mapping or list as a block under the current key: `key:{{ v | yaml_nested(2) }}`."""
-    value = _plain(value)
+    value = plain(value)
     if not value:
         return " " + to_yaml_inline(value)
     block = yaml.dump(

@@ -46,6 +46,9 @@ HOSTILE = [
     "@x",
     "`x`",
 ]
+# These machines are noisy, and the first HCL parse builds its parser (~0.2 s): a per-example
+# deadline would fail on timing, not on behaviour.
+no_deadline = settings(deadline=None)
 text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
 
 
@@ -55,20 +58,20 @@ def test_yaml_inline_round_trips_hostile_strings(value):
     assert document == {"key": value, "next": 1}
 
 
-@settings(deadline=None)  # the first HCL parse builds its parser (~0.2 s)
+@no_deadline
 @given(st.lists(st.one_of(text, st.integers(), st.booleans()), max_size=5))
 def test_yaml_inline_round_trips_any_list(value):
     assert yaml.safe_load(f"key: {to_yaml_inline(value)}\nnext: 1\n") == {"key": value, "next": 1}
 
 
-@settings(deadline=None)  # the first HCL parse builds its parser (~0.2 s)
+@no_deadline
 @given(st.dictionaries(text, st.one_of(text, st.integers(), st.booleans()), max_size=5))
 def test_yaml_nested_round_trips_any_mapping(value):
     document = yaml.safe_load(f"top:\n  key:{to_yaml_nested(value, 4)}\n  next: 1\n")
     assert document == {"top": {"key": value, "next": 1}}
 
 
-@settings(deadline=None)  # the first HCL parse builds its parser (~0.2 s)
+@no_deadline
 @given(text)
 def test_hcl_round_trips_any_string(value):
     try:
@@ -81,7 +84,7 @@ def test_hcl_round_trips_any_string(value):
     assert parsed == {"key": value, "other": "x"}
 
 
-@settings(deadline=None)  # the first HCL parse builds its parser (~0.2 s)
+@no_deadline
 @given(text)
 def test_envfile_round_trips_or_refuses(value):
     try:
