@@ -3,10 +3,5 @@
 if [ "${BAKERY_DEBUG_TRACE:-0}" -gt 0 ]; then set -x; fi
 set -eu -o pipefail
 
-install-packages nebula
-version=$(dpkg-query -W -f='${Version}' nebula)
-case "$version" in
-    "$BAKERY_NEBULA_VERSION"*) ;;
-    *) echo "nebula: installed $version, the definition pins $BAKERY_NEBULA_VERSION" >&2; exit 1 ;;
-esac
+install-pinned nebula "$BAKERY_NEBULA_VERSION"
 install -d -o root -g root -m 0750 /etc/nebula
