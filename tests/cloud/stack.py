@@ -142,6 +142,8 @@ class Stack:
             rabbit_ready.result()
             identity_ready.result()  # the services check their credentials at start
             self._run("nova-conductor", "nova-scheduler")
+            # The conductor's heartbeat is read through nova-api, which may still be starting.
+            self._wait_api("nova")
             # A compute that starts first pings the conductor into the void and waits 10 s.
             provision.wait_for_service(layout, "nova-conductor", ["controller"], since)
             self._mark("nova-conductor up")
