@@ -118,29 +118,50 @@ def check(c):
 
 @task(
     help={
-        "target": "where to bake: 'local' (this machine, as root; the cloud bake follows)",
+        "target": "'cloud' (default: every environment of the config) or 'local' (this "
+        "machine, as root: raw + qcow2)",
         "definition": "image definition name or path; default: the config's image.definition",
-        "out": "output directory of a local build; default: build/<definition>",
-    }
+        "environment": "cloud: only this environment (repeat for several); default: all",
+        "out": "local: output directory; default: build/<definition>",
+    },
+    iterable=["environment"],
 )
-def bake(c, target="local", definition=None, out=None):
-    """Bake the golden image: elements of images/<definition>.yaml, raw + qcow2 disk."""
+def bake(c, environment, target="cloud", definition=None, out=None):
+    """Bake the golden image: the elements of images/<definition>.yaml, verified, released."""
     with _reported(c):
         from bakery.errors import BakeryError
-        from bakery.localbuild import build
 
-        if target != "local":
-            raise BakeryError(f"bake --target {target}: only 'local' exists so far")
-        if definition is None and c.config.get("bakery") is None:
-            raise BakeryError(
-                "bake: no image definition: give --definition NAME (images/NAME.yaml; "
-                "local-test builds here without a cloud) or a config with image.definition"
-            )
-        name = definition or _settings(c).image.definition
-        result = build(name, Path(out or f"build/{Path(str(name)).stem}"))
-        print(
-            f"baked {result.build_id}: {result.qcow2} ({result.sizes['qcow2']} bytes), {result.raw}"
+        if target not in ("cloud", "local"):
+            raise BakeryError(f"bake --target {target!r}: allowed are 'cloud' and 'local'")
+        if target == "local":
+            _bake_local(c, definition, out, environment)
+            return
+        from bakery.cloudbake import bake as bake_in_cloud
+
+        result = bake_in_cloud(_settings(c), definition, environment or None, log=_progress)
+        for image in result.images:
+            print(f"{image.environment}: {image.name} {image.image_id} released")
+        print(f"baked {result.build_id} in {len(result.images)} environment(s)")
+
+
+def _bake_local(c, definition, out, environment):
+    from bakery.errors import BakeryError
+    from bakery.localbuild import build
+
+    if environment:
+        raise BakeryError("bake --environment is for --target cloud; a local bake has none")
+    if definition is None and c.config.get("bakery") is None:
+        raise BakeryError(
+            "bake: no image definition: give --definition NAME (images/NAME.yaml; "
+            "local-test builds here without a cloud) or a config with image.definition"
         )
+    name = definition or _settings(c).image.definition
+    result = build(name, Path(out or f"build/{Path(str(name)).stem}"))
+    print(f"baked {result.build_id}: {result.qcow2} ({result.sizes['qcow2']} bytes), {result.raw}")
+
+
+def _progress(line: str) -> None:
+    print(f"bakery: {line}", flush=True)
 
 
 ns = Collection(render, ca, check, bake)

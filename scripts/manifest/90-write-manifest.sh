@@ -43,7 +43,8 @@ if major and deb(f"postgresql-{major}"):
         "major": int(major),
         "source": env["BAKERY_PG_SOURCE"],
         "package": deb(f"postgresql-{major}"),
-        "version": (run(postgres, "--version") or "").rsplit(" ", 1)[-1],
+        # "postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)" -> "15.20"
+        "version": (run(postgres, "--version") or "").partition("(PostgreSQL) ")[2].split(" ")[0],
     }
 venv_python = os.path.join(env["BAKERY_PATRONI_VENV"], "bin", "python")
 if os.path.exists(venv_python):

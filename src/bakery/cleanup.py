@@ -9,6 +9,8 @@ hiding the error that started the unwinding.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from collections.abc import Callable, Iterator
 
 from .errors import BakeryError
@@ -62,3 +64,39 @@ class Cleanup:
         inner.run()
         self.leftovers += inner.leftovers
         return inner.leftovers
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a CI stop, `timeout`, systemd) unwinds like Ctrl-C, so that cleanup runs."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def shielded_from_interrupts(log: Callable[[str], None]) -> Iterator[None]:
+    """Let a cleanup finish: a second Ctrl-C (or SIGTERM) while it runs would leave the rest
+    of what it removes behind, so it is noted and ignored until the cleanup is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        log(f"signal {signum} ignored: cleaning up first, so that nothing is left behind")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -56,11 +56,22 @@ class SecretSource(Model):
         return self
 
 
+class Builder(Model):
+    """Where `invoke bake` boots its builder VM in an environment. Unset fields come from the
+    first AZ of the environment (network, flavor, compute AZ, security groups)."""
+
+    network: CloudName | None = None
+    flavor: CloudName | None = None
+    compute_az: CloudName | None = None
+    security_groups: list[CloudName] | None = None
+
+
 class Environment(Model):
     """One OpenStack cloud: an entry of clouds.yaml."""
 
     cloud: CloudName
     region: CloudName | None = None
+    builder: Builder = Builder()
 
 
 class AvailabilityZone(Model):
@@ -90,8 +101,27 @@ class AvailabilityZone(Model):
         return self
 
 
+class BaseImage(Model):
+    """The cloud image a bake starts from: by exact name, else the newest image carrying these
+    properties (default: os_distro and os_version of the image definition's base, as SCS
+    images are labelled)."""
+
+    name: CloudName | None = None
+    properties: dict[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_:.-]{1,255}$")], CloudName
+    ] = {}
+
+
 class Image(Model):
     definition: Label = "postgresql14-patroni"
+    base_image: BaseImage = BaseImage()
+    # How long a builder VM may take, in seconds, before the bake gives up and cleans up.
+    build_timeout: Annotated[int, Field(ge=60, le=6 * 3600)] = 3600
+    # `invoke rebuild`: bake again when the newest released image is older than this, even
+    # without changed inputs (security updates of the base), and keep this many released
+    # generations per environment (older ones are deleted once no server uses them).
+    max_age_days: Annotated[int, Field(ge=1, le=365)] = 7
+    keep_released: Annotated[int, Field(ge=1, le=20)] = 3
 
 
 class DcsMember(Model):
@@ -302,6 +332,26 @@ def topology_problems(settings: Settings) -> list[Problem]:
     problems += _overlay_problems(settings)
     problems += _name_problems(settings)
     return problems
+
+
+def builder_problems(settings: Settings) -> list[Problem]:
+    """For a bake (not for rendering): every environment gets an image, so its builder needs
+    a network and a flavor, given or taken from one of its AZs."""
+    problems = []
+    for label, environment in settings.environments.items():
+        for key in ("network", "flavor"):
+            if getattr(environment.builder, key) is None and first_az(settings, label) is None:
+                problems.append(
+                    Problem(
+                        f"bakery.environments.{label}.builder.{key}",
+                        "required: no AZ uses this environment to take it from",
+                    )
+                )
+    return problems
+
+
+def first_az(settings: Settings, environment: str) -> AvailabilityZone | None:
+    return next((az for az in settings.azs.values() if az.environment == environment), None)
 
 
 def _dcs_problems(settings: Settings) -> list[Problem]:

@@ -48,6 +48,7 @@ from .hostfs import (
     umount,
 )
 from .imagedef import SCRIPTS_DIR, LoadedDefinition, load_definition
+from .manifest import last_result, manifest_problems
 
 ROOT_LABEL = "bakery-root"
 PARTITION_OFFSET = 1024 * 1024
@@ -205,6 +206,9 @@ class Builder:
                     self._unpack(tarball)
                 with self._timed("elements"):
                     result_line = self.run_elements(self.tree, self.loaded.elements(), cleanup)
+                manifest = result_line.get("manifest")
+                if problems := manifest_problems(self.loaded, self.build_id, manifest):
+                    raise BuildError("the image's manifest does not match: " + "; ".join(problems))
                 cleanup.run()
                 self._check_clean_tree()
                 with self._timed("disk"):
@@ -572,13 +576,12 @@ def _signals_as_interrupt() -> Iterator[None]:
 
 
 def _result_line(output: str) -> dict:
-    for line in reversed(output.splitlines()):
-        if line.startswith("BAKERY-RESULT "):
-            result = json.loads(line.removeprefix("BAKERY-RESULT "))
-            if result.get("status") != "ok":
-                raise BuildError(f"elements reported {result}")
-            return result
-    raise BuildError("run-elements printed no BAKERY-RESULT line")
+    result = last_result(output)
+    if result is None:
+        raise BuildError("run-elements printed no BAKERY-RESULT line")
+    if result.get("status") != "ok":
+        raise BuildError(f"elements reported {result}")
+    return result
 
 
 def _sizes(raw: Path, qcow2: Path) -> dict[str, int]:

@@ -4,10 +4,14 @@ Nova loads virt drivers only from the `nova.virt` package, so tests/cloud/plugin
 this file to `nova/virt/bakery_guest.py` in the Nova venv (`compute_driver =
 bakery_guest.GuestPlayingDriver`).
 
-A server is a *builder* when its metadata has `bakery_build_id` or `bakery_test_mode`, or its
-user-data mentions `BAKERY-RESULT`. A builder does, after `bakery_test_delay` seconds (metadata,
-else $BAKERY_GUEST_DELAY, else 1), what `bakery_test_mode` says:
-  ok (default)  prints `BAKERY-RESULT {"status": "ok", "build_id": ..., "manifest": {}}`, powers off
+A server is a *builder* when its metadata has `bakery_build_id` or `bakery_test_mode` (or its
+base image has the property `bakery_test_mode`), or its user-data mentions `BAKERY-RESULT`. A
+builder does, after `bakery_test_delay` seconds (metadata, else $BAKERY_GUEST_DELAY, else 1),
+what `bakery_test_mode` says:
+  ok (default)  prints `BAKERY-RESULT {"status": "ok", "build_id": ..., "manifest": {...}}`,
+                powers off; the manifest is what a guest that installed exactly the pins of
+                the user-data's build.env would report ({} without a build.env)
+  drift         as ok, but the manifest's Patroni version differs from the pin
   fail          prints `BAKERY-RESULT {"status": "failed", ...}`, powers off
   hang          prints nothing, never powers off
   garbage       prints random text that is no result line, powers off
@@ -26,6 +30,7 @@ import string
 import threading
 import time
 
+import yaml
 from nova import context as nova_context
 from nova import exception, objects
 from nova.compute import power_state, task_states, vm_states
@@ -36,6 +41,47 @@ from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
 RESULT = "BAKERY-RESULT"
+
+
+def _build_env(user_data):
+    """The build inputs a bake's user-data writes to /run/bakery/build.env, or {}."""
+    if not user_data or not user_data.startswith(b"#cloud-config"):
+        return {}
+    try:
+        config = yaml.safe_load(user_data)
+    except yaml.YAMLError:
+        return {}
+    for entry in (config or {}).get("write_files") or []:
+        if isinstance(entry, dict) and entry.get("path") == "/run/bakery/build.env":
+            pairs = (line.split("=", 1) for line in str(entry.get("content", "")).splitlines())
+            return {key: value for key, value in (p for p in pairs if len(p) == 2)}
+    return {}
+
+
+def _manifest(env, mode):
+    """What run-elements would report after installing exactly what `env` pins."""
+    if not env:
+        return {}
+    major = env.get("BAKERY_PG_MAJOR", "")
+    components = {
+        "postgresql": {"major": int(major) if major.isdigit() else major, "version": f"{major}.23"},
+        "patroni": {"version": env.get("BAKERY_PATRONI_VERSION")},
+        "psycopg2": {"version": env.get("BAKERY_PSYCOPG2_VERSION")},
+    }
+    if mode == "drift":
+        components["patroni"]["version"] = "0.0.0+drift"
+    if env.get("BAKERY_CONSUL_VERSION"):
+        components["consul"] = {"version": env["BAKERY_CONSUL_VERSION"]}
+    for name in ("pgbackrest", "nebula"):
+        if f"BAKERY_{name.upper()}_VERSION" in env:
+            components[name] = {"package": env[f"BAKERY_{name.upper()}_VERSION"] + "-fake1"}
+    return {
+        "schema": 1,
+        "image": env.get("BAKERY_IMAGE_NAME"),
+        "build_id": env.get("BAKERY_BUILD_ID"),
+        "inputs_hash": env.get("BAKERY_INPUTS_HASH"),
+        "components": components,
+    }
 
 
 def _user_data(instance):
@@ -86,10 +132,15 @@ class GuestPlayingDriver(fake.FakeDriverWithoutFakeNodes):
         )
         meta = dict(instance.metadata or {})
         user_data = _user_data(instance)
-        mode = meta.get("bakery_test_mode", "ok")
+        # The mode comes from the server's metadata, or from its base image's properties, which
+        # Nova copies into system metadata as image_<key> (a test selects a failing guest for
+        # one environment through the base image it bakes from).
+        system = dict(instance.system_metadata or {})
+        mode = meta.get("bakery_test_mode") or system.get("image_bakery_test_mode") or "ok"
         builder = (
             "bakery_build_id" in meta
             or "bakery_test_mode" in meta
+            or "image_bakery_test_mode" in system
             or (user_data is not None and RESULT.encode() in user_data)
         )
         if mode != "hang":
@@ -105,11 +156,12 @@ class GuestPlayingDriver(fake.FakeDriverWithoutFakeNodes):
             return
         delay = float(meta.get("bakery_test_delay", os.environ.get("BAKERY_GUEST_DELAY", 1)))
         build_id = meta.get("bakery_build_id", "test")
-        timer = threading.Timer(delay, self._finish, (instance.uuid, mode, build_id))
+        manifest = _manifest(_build_env(user_data), mode)
+        timer = threading.Timer(delay, self._finish, (instance.uuid, mode, build_id, manifest))
         timer.daemon = True
         timer.start()
 
-    def _finish(self, uuid, mode, build_id):
+    def _finish(self, uuid, mode, build_id, manifest):
         if uuid not in self.instances:
             return
         ctx = nova_context.get_admin_context()
@@ -120,7 +172,7 @@ class GuestPlayingDriver(fake.FakeDriverWithoutFakeNodes):
                 self._print(instance, text.replace("BAKERY", "bakery"))
         else:
             status = "failed" if mode == "fail" else "ok"
-            result = {"status": status, "build_id": build_id, "manifest": {}}
+            result = {"status": status, "build_id": build_id, "manifest": manifest}
             if mode == "fail":
                 result["error"] = "bakery_test_mode=fail"
             self._print(instance, f"{RESULT} {json.dumps(result)}")

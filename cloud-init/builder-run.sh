@@ -1,0 +1,58 @@
+#!/bin/bash
+# The cloud builder VM's one job (started by its user-data's runcmd): unpack the elements the
+# user-data wrote into /run/bakery, run them with the build's inputs, print exactly one
+# BAKERY-RESULT line to the console, where `invoke bake` reads it through Nova's console log,
+# and power the VM off, so that the bake can snapshot a disk that no longer changes.
+#
+# usage: builder-run --build-id ID [--dir DIR] [--console FILE] [--no-poweroff] ELEMENT...
+if [ "${BAKERY_DEBUG_TRACE:-0}" -gt 0 ]; then set -x; fi
+set -u -o pipefail  # no -e: whatever fails, a result line is printed and the VM powers off
+
+dir=/run/bakery
+console=/dev/console
+poweroff=1
+build_id=""
+elements=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --build-id) build_id=$2; shift 2 ;;
+        --dir) dir=$2; shift 2 ;;
+        --console) console=$2; shift 2 ;;
+        --no-poweroff) poweroff=0; shift ;;
+        *) elements+=("$1"); shift ;;
+    esac
+done
+
+report() {  # one line to stdout (cloud-init's log) and to the console
+    printf '%s\n' "$1"
+    printf '%s\n' "$1" >> "$console"
+}
+
+failed() {  # a result line for failures before run-elements could print its own
+    report "BAKERY-RESULT {\"status\":\"failed\",\"build_id\":\"$build_id\",\"manifest\":null,\"error\":\"$1\"}"
+}
+
+run() {
+    [[ "$build_id" =~ ^[A-Za-z0-9._-]+$ ]] || { build_id=unknown; failed "bad or missing --build-id"; return; }
+    [ ${#elements[@]} -gt 0 ] || { failed "no elements given"; return; }
+    rm -rf "$dir/elements"
+    if ! { mkdir -p "$dir/elements" && tar -xzf "$dir/elements.tar.gz" -C "$dir/elements"; }; then
+        failed "could not unpack $dir/elements.tar.gz"
+        return
+    fi
+    # The elements' output goes to cloud-init's log and console as it comes.
+    bash "$dir/elements/run-elements" --env-file "$dir/build.env" "${elements[@]}" 2>&1 \
+        | tee "$dir/run-elements.log"
+    line=$(grep '^BAKERY-RESULT ' "$dir/run-elements.log" | tail -n 1)
+    if [ -z "$line" ]; then
+        failed "run-elements printed no result line"
+    else
+        report "$line"
+    fi
+}
+
+run
+sync
+if [ "$poweroff" = 1 ]; then
+    systemctl poweroff || poweroff
+fi

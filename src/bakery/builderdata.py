@@ -1,0 +1,115 @@
+"""The user-data of a cloud builder VM: what `invoke bake` boots from the cloud's base image.
+
+It carries the same staging the local builder puts into its tree (`scripts/run-elements`, its
+helpers, the definition's elements, the Patroni lock) as one gzipped tarball, the build's
+inputs as a plain `build.env` (readable in the server's user-data: no secret is ever in it),
+and `cloud-init/builder-run.sh`, which runs the elements, prints the BAKERY-RESULT line to the
+console and powers the VM off.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import checks
+from .bundle import USER_DATA_LIMIT
+from .errors import BakeryError
+from .imagedef import LoadedDefinition
+from .localbuild import stage_elements
+from .templating import PROJECT_ROOT, make_environment, render
+
+STAGING = "/run/bakery"  # tmpfs in the VM: nothing of the staging ends up in the snapshot
+RUNNER = PROJECT_ROOT / "cloud-init" / "builder-run.sh"
+
+
+@dataclass(frozen=True)
+class BuilderUserData:
+    text: str
+    env: dict[str, str]  # the elements' inputs, as build.env holds them
+
+    @property
+    def base64_size(self) -> int:
+        return len(base64.b64encode(self.text.encode()))
+
+
+def elements_tarball(loaded: LoadedDefinition, env: dict[str, str]) -> bytes:
+    """The staging as a .tar.gz with fixed owners and times, so equal inputs give equal bytes."""
+    with tempfile.TemporaryDirectory(prefix="bakery-stage-") as tmp:
+        staging = Path(tmp) / "stage"
+        stage_elements(loaded, loaded.elements(), staging, env)
+        (staging / "build.env").unlink()  # travels as a file of its own
+
+        def normalized(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = 0
+            return info
+
+        buffer = io.BytesIO()
+        # gzip's header carries a time too: fixed to 0 like the members'.
+        with (
+            gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9, mtime=0) as compressed,
+            tarfile.open(fileobj=compressed, mode="w") as tar,
+        ):
+            for path in sorted(staging.rglob("*")):
+                name = path.relative_to(staging).as_posix()
+                tar.add(path, arcname=name, recursive=False, filter=normalized)
+        return buffer.getvalue()
+
+
+def builder_user_data(
+    loaded: LoadedDefinition, build_id: str, arch: str, template_overrides: Path | None = None
+) -> BuilderUserData:
+    """Render and check the builder's user-data; refuse it when Nova would (size limit)."""
+    consul = loaded.definition.components.consul
+    if consul is not None and consul.url is None and loaded.consul_artifacts_dir is not None:
+        raise BakeryError(
+            f"image definition {loaded.name}: components.consul.artifacts_dir is for offline "
+            "local builds; a cloud builder downloads Consul: remove artifacts_dir or set url"
+        )
+    env = loaded.element_env(arch, build_id, lock_in_target=f"{STAGING}/elements/patroni.lock")
+    tarball = elements_tarball(loaded, env)
+    write_files = [
+        {
+            "path": f"{STAGING}/elements.tar.gz",
+            "owner": "root:root",
+            "permissions": "0600",
+            "encoding": "b64",
+            "content": base64.b64encode(tarball).decode(),
+        },
+        {
+            "path": f"{STAGING}/build.env",
+            "owner": "root:root",
+            "permissions": "0600",
+            "content": "".join(f"{key}={value}\n" for key, value in env.items()),
+        },
+        {
+            "path": f"{STAGING}/builder-run",
+            "owner": "root:root",
+            "permissions": "0700",
+            "content": RUNNER.read_text(),
+        },
+    ]
+    runcmd = [[f"{STAGING}/builder-run", "--build-id", build_id, *loaded.elements()]]
+    text = render(
+        make_environment(template_overrides),
+        "builder.yaml.j2",
+        definition=loaded.name,
+        build_id=build_id,
+        write_files=write_files,
+        runcmd=runcmd,
+    )
+    checks.check_user_data(text, write_files, runcmd)
+    user_data = BuilderUserData(text, env)
+    if user_data.base64_size > USER_DATA_LIMIT:
+        raise BakeryError(
+            f"image definition {loaded.name}: the builder's user-data is {user_data.base64_size} "
+            f"bytes in base64, over Nova's limit of {USER_DATA_LIMIT}"
+        )
+    return user_data

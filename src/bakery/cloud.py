@@ -1,0 +1,85 @@
+"""Talking to the OpenStack environments: connections, waits that can be cancelled, and errors
+that say which environment failed and why.
+
+openstacksdk is imported here only when a connection is made, so `invoke --list` stays fast.
+A `clouds.yaml` is found as openstacksdk finds it (OS_CLIENT_CONFIG_FILE, ./clouds.yaml,
+~/.config/openstack/); credentials never pass through bakery's configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
+
+from .config import Environment
+from .errors import BakeryError
+
+if TYPE_CHECKING:
+    from openstack.connection import Connection
+
+T = TypeVar("T")
+
+# Every resource bakery creates carries this tag (servers: tag and metadata; images: tag and
+# properties), so that nothing of it can hide among the user's own resources.
+TAG = "bakery"
+
+
+class CloudError(BakeryError):
+    """A cloud call or a wait failed; the message names the environment."""
+
+
+class Cancelled(BakeryError):
+    """The run is being stopped (Ctrl-C, or another environment failed)."""
+
+
+def connect(label: str, environment: Environment) -> Connection:
+    """An authenticated connection to one environment, or a CloudError saying what is wrong."""
+    import openstack
+    import openstack.exceptions
+    from keystoneauth1 import exceptions as ksa_exceptions
+
+    where = f"environment {label} (clouds.yaml entry {environment.cloud!r})"
+    try:
+        conn = openstack.connect(cloud=environment.cloud, region_name=environment.region)
+        conn.authorize()  # connect() is lazy: fail here, before anything is looked up
+    except openstack.exceptions.ConfigException as error:
+        raise CloudError(f"{where}: {error}") from None
+    except (openstack.exceptions.SDKException, ksa_exceptions.ClientException) as error:
+        raise CloudError(f"{where}: cannot authenticate: {error}") from None
+    return conn
+
+
+@contextlib.contextmanager
+def cloud_errors(where: str) -> Iterator[None]:
+    """Turn openstacksdk's and keystoneauth's exceptions into a CloudError naming `where`."""
+    import openstack.exceptions
+    from keystoneauth1 import exceptions as ksa_exceptions
+
+    try:
+        yield
+    except (openstack.exceptions.SDKException, ksa_exceptions.ClientException) as error:
+        raise CloudError(f"{where}: {error}") from None
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    cancel: threading.Event,
+    interval: float = 2.0,
+) -> T:
+    """Call `probe` until it returns something other than None; raise CloudError after
+    `timeout` seconds, Cancelled as soon as `cancel` is set."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if cancel.is_set():
+            raise Cancelled(f"stopped while waiting for {what}")
+        found = probe()
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise CloudError(f"timed out after {timeout:.0f} s waiting for {what}")
+        cancel.wait(interval)

@@ -1,0 +1,429 @@
+"""`invoke bake --target cloud`: the golden image, built in every environment of the config.
+
+In each environment a builder VM boots from the cloud's base image with user-data that runs the
+image definition's elements (`builderdata`), reports one BAKERY-RESULT line on its console and
+powers itself off. The bake then checks that result and its manifest against the definition,
+snapshots the VM into an image tagged `bakery` with the build's properties, and deletes the VM.
+
+Order of work, so that bad input changes nothing and nothing leaks:
+1. every check that needs no cloud (definition, config, user-data size), then every lookup in
+   every environment (authentication, base image, flavor, network, security groups, AZ), all
+   problems reported together, before anything is created;
+2. the environments build in parallel; a resource is registered for removal before the call
+   that creates it, and found again by its unique name, so even a create call that fails
+   half-way leaves nothing behind;
+3. an image is released (`bakery_status=released`) only when every environment has built and
+   verified its own: a bake lands everywhere or nowhere. On failure, Ctrl-C or SIGTERM the
+   builder VMs and this bake's images are deleted; builder VMs always are.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from .builderdata import BuilderUserData, builder_user_data
+from .cleanup import Cleanup, ReleaseError, interrupt_on_sigterm, shielded_from_interrupts
+from .cloud import TAG, Cancelled, CloudError, cloud_errors, connect, wait_for
+from .config import Settings, builder_problems, first_az
+from .errors import BakeryError, ConfigError, Problem
+from .imagedef import LoadedDefinition, load_definition
+from .manifest import last_result, manifest_problems
+
+ARCH_OF_IMAGE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+SNAPSHOT_TIMEOUT = 1800
+DELETE_TIMEOUT = 300
+CONSOLE_TAIL = 25  # console lines quoted in an error
+
+
+@dataclass
+class Target:
+    """One environment, resolved: everything the builder VM needs, looked up before any create."""
+
+    label: str
+    conn: Any = field(repr=False)
+    base_image: Any
+    flavor: Any
+    network: Any
+    security_groups: list[str]
+    compute_az: str | None
+    arch: str
+    user_data: BuilderUserData | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class BakedImage:
+    environment: str
+    image_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class BakeResult:
+    build_id: str
+    definition: str
+    images: list[BakedImage]
+
+
+def builder_name(build_id: str) -> str:
+    return f"bakery-builder-{build_id}"
+
+
+def new_build_id(loaded: LoadedDefinition) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{loaded.name}-{stamp}-{loaded.inputs_hash()[:8]}"
+
+
+def bake(
+    settings: Settings,
+    definition: str | None = None,
+    environments: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> BakeResult:
+    """Bake the definition in the chosen environments (default: all of them)."""
+    loaded = load_definition(definition or settings.image.definition)
+    labels = _chosen(settings, environments)
+    build_id = new_build_id(loaded)
+    with interrupt_on_sigterm():
+        targets = _preflight(settings, loaded, labels, build_id, log)
+        return _Bake(settings, loaded, build_id, log).run(targets)
+
+
+def _chosen(settings: Settings, environments: list[str] | None) -> list[str]:
+    labels = list(environments or settings.environments)
+    unknown = [label for label in labels if label not in settings.environments]
+    problems = [
+        Problem(
+            "--environment",
+            f"{label!r} is not an environment; known: {', '.join(sorted(settings.environments))}",
+        )
+        for label in unknown
+    ]
+    chosen = settings.model_copy(
+        update={"environments": {k: v for k, v in settings.environments.items() if k in labels}}
+    )
+    problems += builder_problems(chosen) if not unknown else []
+    if problems:
+        raise ConfigError(problems)
+    return labels
+
+
+# -- 1. preflight ---------------------------------------------------------------------------
+
+
+def _preflight(
+    settings: Settings,
+    loaded: LoadedDefinition,
+    labels: list[str],
+    build_id: str,
+    log: Callable[[str], None],
+) -> list[Target]:
+    """Resolve every environment; raise one error listing every problem found."""
+    # What needs no cloud first: user-data for each architecture the definition builds.
+    for arch in loaded.definition.base.architectures:
+        builder_user_data(loaded, build_id, arch, settings.template_overrides)
+    targets, problems = [], []
+    for label in labels:
+        try:
+            target = _resolve(settings, loaded, label)
+            target.user_data = builder_user_data(
+                loaded, build_id, target.arch, settings.template_overrides
+            )
+            targets.append(target)
+            log(
+                f"{label}: base image {target.base_image.name!r} ({target.base_image.id}), "
+                f"flavor {target.flavor.name}, network {target.network.name}, {target.arch}"
+            )
+        except BakeryError as error:
+            problems.append(str(error))
+    if problems:
+        raise BakeryError(
+            "nothing was created; fix these first:\n" + "\n".join(f"  {p}" for p in problems)
+        )
+    return targets
+
+
+def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target:
+    environment = settings.environments[label]
+    az = first_az(settings, label)
+    builder = environment.builder
+
+    def pick(key: str) -> Any:
+        own = getattr(builder, key)
+        return own if own is not None else getattr(az, key)
+
+    conn = connect(label, environment)
+    where = f"environment {label}"
+    with cloud_errors(where):
+        base = _base_image(conn, settings, loaded, where)
+        flavor = conn.compute.find_flavor(pick("flavor"), ignore_missing=True)
+        if flavor is None:
+            raise CloudError(f"{where}: no flavor {pick('flavor')!r}")
+        if (flavor.disk or 0) < (base.min_disk or 0) or (flavor.ram or 0) < (base.min_ram or 0):
+            raise CloudError(
+                f"{where}: flavor {flavor.name} ({flavor.disk} GB, {flavor.ram} MiB) is below "
+                f"the base image's minimum ({base.min_disk} GB, {base.min_ram} MiB)"
+            )
+        if not flavor.disk:
+            raise CloudError(f"{where}: flavor {flavor.name} has no root disk to snapshot")
+        network = conn.network.find_network(pick("network"), ignore_missing=True)
+        if network is None:
+            raise CloudError(f"{where}: no network {pick('network')!r}")
+        groups = list(pick("security_groups") or [])
+        for group in groups:
+            if conn.network.find_security_group(group, ignore_missing=True) is None:
+                raise CloudError(f"{where}: no security group {group!r}")
+        zone = pick("compute_az")
+        if zone is not None:
+            zones = {z.name for z in conn.compute.availability_zones() if z.state["available"]}
+            if zone not in zones:
+                raise CloudError(
+                    f"{where}: compute AZ {zone!r} is not available; available: "
+                    f"{', '.join(sorted(zones)) or 'none'}"
+                )
+    arch = ARCH_OF_IMAGE.get(str(_prop(base, "architecture") or "x86_64"))
+    if arch not in loaded.definition.base.architectures:
+        raise CloudError(
+            f"{where}: base image {base.name!r} is {_prop(base, 'architecture')}; image "
+            f"definition {loaded.name} builds {', '.join(loaded.definition.base.architectures)}"
+        )
+    return Target(label, conn, base, flavor, network, groups, zone, arch)
+
+
+def _base_image(conn, settings: Settings, loaded: LoadedDefinition, where: str):
+    wanted = settings.image.base_image
+    if wanted.name is not None:
+        found = [i for i in conn.image.images(name=wanted.name) if i.status == "active"]
+        if len(found) != 1:
+            raise CloudError(
+                f"{where}: image.base_image.name {wanted.name!r} matches {len(found)} active "
+                "images; it must match exactly one"
+            )
+        return found[0]
+    base = loaded.definition.base
+    properties = wanted.properties or {"os_distro": base.distribution, "os_version": base.release}
+    candidates = [
+        image
+        for image in conn.image.images(status="active")
+        if all(str(_prop(image, k)) == v for k, v in properties.items())
+        and TAG not in (image.tags or [])  # never bake on top of a golden image
+    ]
+    if not candidates:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(properties.items()))
+        raise CloudError(f"{where}: no active image with {shown} (set image.base_image)")
+    return max(candidates, key=lambda i: (str(_prop(i, "image_build_date") or ""), i.created_at))
+
+
+def _prop(image, key: str) -> Any:
+    """An image property, whether openstacksdk models it as an attribute or not."""
+    value = getattr(image, key, None)
+    return value if value is not None else (image.properties or {}).get(key)
+
+
+# -- 2. build in parallel -------------------------------------------------------------------
+
+
+class _Bake:
+    """One bake's run: the environments' threads share its cleanups and its cancel flag."""
+
+    def __init__(self, settings, loaded, build_id, log):
+        self.settings = settings
+        self.loaded: LoadedDefinition = loaded
+        self.build_id: str = build_id
+        self.log: Callable[[str], None] = log
+        self.always = Cleanup(log)  # builder VMs: removed whatever happens
+        self.on_failure = Cleanup(log)  # this bake's images: kept only if all environments succeed
+        self.cancel = threading.Event()
+        self._lock = threading.Lock()
+
+    def register(self, cleanup: Cleanup, what: str, action: Callable[[], None]) -> None:
+        with self._lock:
+            cleanup.push(what, action)
+
+    def run(self, targets: list[Target]) -> BakeResult:
+        try:
+            images = self._build_all(targets)
+            for target, image in zip(targets, images, strict=True):
+                with cloud_errors(f"environment {target.label}: releasing {image.name}"):
+                    target.conn.image.update_image(image.image_id, bakery_status="released")
+                self.log(f"{target.label}: released image {image.name} ({image.image_id})")
+        except BaseException:
+            with shielded_from_interrupts(self.log):
+                self.on_failure.run()
+                self.always.run()
+            left = self.on_failure.leftovers + self.always.leftovers
+            if left:
+                self.log("left behind, remove by hand (all tagged 'bakery'): " + "; ".join(left))
+            raise
+        with shielded_from_interrupts(self.log):
+            self.always.run()
+        if self.always.leftovers:
+            raise ReleaseError(
+                "images released, but not removed: " + "; ".join(self.always.leftovers)
+            )
+        return BakeResult(self.build_id, self.loaded.name, images)
+
+    def _build_all(self, targets: list[Target]) -> list[BakedImage]:
+        """Build everywhere at once; the first failure stops the others at their next wait."""
+        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+            futures = [pool.submit(self._build_in, target) for target in targets]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+            finally:
+                if not all(f.done() and f.exception() is None for f in futures):
+                    self.cancel.set()  # an error, or Ctrl-C in this thread
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            # The environment that failed, not one that was stopped because of it.
+            raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
+        return [f.result() for f in futures]
+
+    def _build_in(self, target: Target) -> BakedImage:
+        conn, label, build_id = target.conn, target.label, self.build_id
+        where = f"environment {label}"
+        name = builder_name(build_id)
+        self.register(self.always, f"{where}: server {name}", lambda: _delete_servers(conn, name))
+        assert target.user_data is not None
+        placement: dict[str, Any] = {}
+        if target.security_groups:
+            placement["security_groups"] = [{"name": g} for g in target.security_groups]
+        if target.compute_az is not None:
+            placement["availability_zone"] = target.compute_az
+        with cloud_errors(f"{where}: creating builder {name}"):
+            server = conn.compute.create_server(
+                name=name,
+                image_id=target.base_image.id,
+                flavor_id=target.flavor.id,
+                networks=[{"uuid": target.network.id}],
+                **placement,
+                user_data=base64.b64encode(target.user_data.text.encode()).decode(),
+                metadata={
+                    TAG: "builder",
+                    "bakery_build_id": build_id,
+                    "bakery_definition": self.loaded.name,
+                    "bakery_inputs_hash": self.loaded.inputs_hash(),
+                },
+                tags=[TAG],
+            )
+        self.log(f"{label}: builder {server.id} started; waiting until it powers off")
+        server = wait_for(
+            f"{where}: builder {name} to power off",
+            lambda: _stopped(conn, server.id, where),
+            self.settings.image.build_timeout,
+            self.cancel,
+            interval=5,
+        )
+        with cloud_errors(f"{where}: reading the console of {name}"):
+            console = conn.compute.get_server_console_output(server.id)["output"] or ""
+        _check_result(self.loaded, build_id, console, where)
+        image = self._snapshot(target, server.id)
+        self.log(f"{label}: image {image.name} ({image.id}) active; removing the builder")
+        _delete_servers(conn, name)
+        return BakedImage(label, image.id, image.name)
+
+    def _snapshot(self, target: Target, server_id: str):
+        conn, build_id = target.conn, self.build_id
+        where = f"environment {target.label}"
+        self.register(
+            self.on_failure, f"{where}: image {build_id}", lambda: _delete_images(conn, build_id)
+        )
+        with cloud_errors(f"{where}: snapshotting the builder"):
+            image = conn.compute.create_server_image(
+                server_id, name=build_id, metadata=_image_properties(build_id, self.loaded, target)
+            )
+        image = wait_for(
+            f"{where}: image {build_id} to become active",
+            lambda: _active(conn, image.id, where),
+            SNAPSHOT_TIMEOUT,
+            self.cancel,
+        )
+        with cloud_errors(f"{where}: tagging image {build_id}"):
+            conn.image.add_tag(image, TAG)
+        return image
+
+
+def _stopped(conn, server_id: str, where: str):
+    with cloud_errors(f"{where}: watching builder {server_id}"):
+        server = conn.compute.get_server(server_id)
+    if server.status == "ERROR":
+        fault = (server.fault or {}).get("message", "no fault message")
+        raise CloudError(f"{where}: builder {server_id} went to ERROR: {fault}")
+    return server if server.status == "SHUTOFF" else None
+
+
+def _check_result(loaded: LoadedDefinition, build_id: str, console: str, where: str) -> None:
+    result = last_result(console)
+    tail = "\n".join("    " + line for line in console.splitlines()[-CONSOLE_TAIL:])
+    if result is None:
+        raise CloudError(f"{where}: the builder stopped without a result line; console:\n{tail}")
+    if result.get("status") != "ok":
+        failed_at = "/".join(str(result[k]) for k in ("element", "script") if k in result)
+        detail = result.get("error") or failed_at or "no detail"
+        raise CloudError(f"{where}: the build failed ({detail}); console:\n{tail}")
+    if result.get("build_id") != build_id:
+        raise CloudError(
+            f"{where}: the result is of build {result.get('build_id')!r}, not {build_id!r}"
+        )
+    if problems := manifest_problems(loaded, build_id, result.get("manifest")):
+        raise CloudError(f"{where}: the image's manifest does not match: " + "; ".join(problems))
+
+
+def _active(conn, image_id: str, where: str):
+    with cloud_errors(f"{where}: watching image {image_id}"):
+        image = conn.image.get_image(image_id)
+    if image.status in ("killed", "deleted", "deactivated"):
+        raise CloudError(f"{where}: image {image_id} is {image.status}")
+    return image if image.status == "active" else None
+
+
+def _image_properties(build_id: str, loaded: LoadedDefinition, target: Target) -> dict[str, str]:
+    """What the image says about itself. Nova copies the base image's properties (SCS
+    metadata, hw_*) into the snapshot; these are added or replace them."""
+    base = target.base_image
+    now = dt.datetime.now(dt.UTC)
+    properties = {
+        TAG: "image",
+        "bakery_status": "candidate",
+        "bakery_definition": loaded.name,
+        "bakery_build_id": build_id,
+        "bakery_inputs_hash": loaded.inputs_hash(),
+        "bakery_base_image_id": base.id,
+        "bakery_base_build_date": str(_prop(base, "image_build_date") or base.created_at),
+        "image_build_date": now.strftime("%Y-%m-%d %H:%M"),
+        "image_description": f"bakery golden image {loaded.name} ({build_id})"[:255],
+    }
+    versions = _component_versions(loaded)
+    properties.update({f"bakery_{name}": value for name, value in versions.items()})
+    return properties
+
+
+def _component_versions(loaded: LoadedDefinition) -> dict[str, str]:
+    c = loaded.definition.components
+    versions = {
+        "postgresql_major": str(c.postgresql.major),
+        "patroni": c.patroni.version,
+        "psycopg2": c.psycopg2.version,
+    }
+    if c.consul is not None:
+        versions["consul"] = c.consul.version
+    return versions
+
+
+def _delete_servers(conn, name: str) -> None:
+    """Delete every server of this exact name and wait until they are gone."""
+    servers = list(conn.compute.servers(name=f"^{re.escape(name)}$"))
+    for server in servers:
+        conn.compute.delete_server(server, ignore_missing=True)
+    for server in servers:
+        conn.compute.wait_for_delete(server, interval=2, wait=DELETE_TIMEOUT)
+
+
+def _delete_images(conn, name: str) -> None:
+    for image in conn.image.images(name=name):
+        conn.image.delete_image(image, ignore_missing=True)

@@ -1,0 +1,76 @@
+"""The builder's result line and the image manifest it carries, checked against the definition.
+
+Every build, local or in a cloud builder VM, ends with `scripts/run-elements` printing
+`BAKERY-RESULT {json}` with the manifest of what was installed. An image is only accepted when
+that manifest is the one of this build (build id, inputs hash) and its components are the
+pinned ones: an element that installed something else must not slip through as a release.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .imagedef import LoadedDefinition
+
+RESULT_PREFIX = "BAKERY-RESULT "
+
+
+def last_result(text: str) -> dict | None:
+    """The last well-formed result line in `text` (a build log, a console log), or None.
+
+    Console logs interleave other output and may cut a line: lines that do not parse are
+    skipped, not fatal."""
+    for line in reversed(text.splitlines()):
+        start = line.find(RESULT_PREFIX)
+        if start == -1:
+            continue
+        try:
+            result = json.loads(line[start + len(RESULT_PREFIX) :])
+        except ValueError:
+            continue
+        if isinstance(result, dict) and "status" in result:
+            return result
+    return None
+
+
+def manifest_problems(loaded: LoadedDefinition, build_id: str, manifest: Any) -> list[str]:
+    """What in `manifest` contradicts this build or the definition's pins (empty: accepted)."""
+    if not isinstance(manifest, dict) or not manifest:
+        return ["the build printed no manifest"]
+    problems = []
+    expected = {
+        "image": loaded.name,
+        "build_id": build_id,
+        "inputs_hash": loaded.inputs_hash(),
+    }
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            problems.append(f"{key} is {manifest.get(key)!r}, expected {value!r}")
+    components = manifest.get("components")
+    if not isinstance(components, dict):
+        return [*problems, "the manifest lists no components"]
+    c = loaded.definition.components
+
+    def installed(name: str, field: str) -> Any:
+        entry = components.get(name)
+        return entry.get(field) if isinstance(entry, dict) else None
+
+    wanted: list[tuple[str, str, str, bool]] = [  # component, field, pin, prefix match
+        ("postgresql", "major", str(c.postgresql.major), False),
+        ("patroni", "version", c.patroni.version, False),
+        ("psycopg2", "version", c.psycopg2.version, False),
+    ]
+    if c.consul is not None:
+        wanted.append(("consul", "version", c.consul.version, False))
+    for name, pinned in (("pgbackrest", c.pgbackrest), ("nebula", c.nebula)):
+        if pinned is not None:
+            wanted.append((name, "package", pinned.version or "", True))
+    for name, field, pin, prefix in wanted:
+        found = installed(name, field)
+        text = "" if found is None else str(found)
+        ok = found is not None and (text.startswith(pin) if prefix else text == pin)
+        if not ok:
+            pinned_as = f"a version starting with {pin!r}" if prefix else repr(pin)
+            problems.append(f"{name} {field} is {found!r}, the definition pins {pinned_as}")
+    return problems

@@ -1,0 +1,42 @@
+"""The cloud builder's user-data, read back by cloud-init itself and unpacked as the VM would."""
+
+from __future__ import annotations
+
+import base64
+import io
+import tarfile
+
+import pytest
+import yaml
+
+from bakery.builderdata import builder_user_data
+from bakery.checks import parse_envfile
+from bakery.imagedef import load_definition
+from tests.render.validators import cloud_init_schema
+
+BUILD_ID = "postgresql14-patroni-20261126T000000Z-0123abcd"
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_builder_user_data_is_valid_cloud_config_with_the_whole_staging(tmp_path, arch):
+    loaded = load_definition("postgresql14-patroni")
+    user_data = builder_user_data(loaded, BUILD_ID, arch)
+    path = tmp_path / "user-data"
+    path.write_text(user_data.text)
+    assert cloud_init_schema(path).startswith("Valid cloud-config")
+
+    files = {f["path"]: f for f in yaml.safe_load(user_data.text)["write_files"]}
+    assert {f["permissions"] for f in files.values()} <= {"0600", "0700"}
+    env = parse_envfile(files["/run/bakery/build.env"]["content"])
+    assert env == user_data.env
+    assert env["BAKERY_BUILD_ID"] == BUILD_ID
+    assert env["BAKERY_CONSUL_SHA256"] == loaded.definition.components.consul.sha256[arch]
+    tarball = base64.b64decode(files["/run/bakery/elements.tar.gz"]["content"])
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
+        names = set(tar.getnames())
+    expected = {"run-elements", "patroni.lock", "bin/install-pinned"}
+    expected |= {f"{element}/README.md" for element in loaded.elements()}
+    assert expected <= names
+    # The runner gets the build id and the elements, in the definition's order.
+    (runcmd,) = yaml.safe_load(user_data.text)["runcmd"]
+    assert runcmd == ["/run/bakery/builder-run", "--build-id", BUILD_ID, *loaded.elements()]
