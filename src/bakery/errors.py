@@ -11,6 +11,10 @@ class BakeryError(Exception):
     """A failure the user can act on; the message says what and what to do."""
 
 
+class BuildError(BakeryError):
+    """The local build failed; the message says where and what to look at."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with the configuration: where, what was found, what is allowed."""

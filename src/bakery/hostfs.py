@@ -1,6 +1,9 @@
 """Host file-system work of a local build: chroot mounts, overlays, files swapped in for the
 build, loop devices, and finding what is left. Each resource is registered with a Cleanup the
-moment it exists."""
+moment it exists.
+
+Commands run through `run` (default `run_command`; the builder passes its own, which logs),
+so a failed or hung mount, umount or losetup is a CommandError like any build command."""
 
 from __future__ import annotations
 
@@ -10,15 +13,15 @@ import os
 import shutil
 import signal
 import stat as stat_mod
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .cleanup import Cleanup, ReleaseError
+from .commands import CommandError, RunCommand, run_command
 
 
 @contextlib.contextmanager
-def chroot_mounts(tree: Path, cleanup: Cleanup) -> Iterator[None]:
+def chroot_mounts(tree: Path, cleanup: Cleanup, run: RunCommand = run_command) -> Iterator[None]:
     """/proc, /sys, /dev, /dev/pts, tmpfs /run in `tree`; resolv.conf, policy-rc.d and the CA
     bundle swapped in.
 
@@ -34,8 +37,8 @@ def chroot_mounts(tree: Path, cleanup: Cleanup) -> Iterator[None]:
         ]:
             path = tree / target
             path.mkdir(parents=True, exist_ok=True)
-            subprocess.run([*command, str(path)], check=True, timeout=30, capture_output=True)
-            cleanup.push(f"mount {path} (umount {path})", lambda p=path: umount(p))
+            run([*command, str(path)], timeout=30)
+            cleanup.push(f"mount {path} (umount {path})", lambda p=path: umount(p, run))
         swap_file(tree / "etc/resolv.conf", Path("/etc/resolv.conf").read_bytes(), 0o644, cleanup)
         swap_file(tree / "usr/sbin/policy-rc.d", b"#!/bin/sh\nexit 101\n", 0o755, cleanup)
         # The build host's trust, for the build only: where a proxy inspects TLS, its CA is in
@@ -49,7 +52,9 @@ def chroot_mounts(tree: Path, cleanup: Cleanup) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def overlay(lower: Path, workdir: Path, cleanup: Cleanup) -> Iterator[tuple[Path, Path]]:
+def overlay(
+    lower: Path, workdir: Path, cleanup: Cleanup, run: RunCommand = run_command
+) -> Iterator[tuple[Path, Path]]:
     """A writable copy-on-write view of `lower`; yields (merged, upper). `lower` stays as is."""
     upper, work, merged = workdir / "upper", workdir / "work", workdir / "merged"
     for path in (upper, work, merged):
@@ -57,13 +62,8 @@ def overlay(lower: Path, workdir: Path, cleanup: Cleanup) -> Iterator[tuple[Path
             shutil.rmtree(path)
         path.mkdir(parents=True)
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
-        check=True,
-        timeout=30,
-        capture_output=True,
-    )
-    cleanup.push(f"overlay {merged} (umount {merged})", lambda: umount(merged))
+    run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)], timeout=30)
+    cleanup.push(f"overlay {merged} (umount {merged})", lambda: umount(merged, run))
     yield merged, upper
 
 
@@ -127,16 +127,20 @@ def swap_file(path: Path, content: bytes, mode: int, cleanup: Cleanup) -> None:
     path.chmod(mode)
 
 
-def umount(path: Path) -> None:
-    proc = subprocess.run(["umount", str(path)], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        # Busy: detach lazily so nothing stays visible, and say so.
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60, check=True)
-        raise ReleaseError(f"{path} was busy and was detached lazily: {proc.stderr.strip()}")
+def umount(path: Path, run: RunCommand = run_command) -> None:
+    try:
+        run(["umount", str(path)], timeout=60)
+    except CommandError as error:
+        # Mostly busy: detach lazily so nothing stays visible, and say so.
+        run(["umount", "-l", str(path)], timeout=60)
+        reason = " ".join(error.tail) or error.problem
+        raise ReleaseError(
+            f"{path} could not be unmounted and was detached lazily: {reason}"
+        ) from None
 
 
-def detach(loop: str) -> None:
-    subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=60, check=True)
+def detach(loop: str, run: RunCommand = run_command) -> None:
+    run(["losetup", "-d", loop], timeout=60)
 
 
 def mounts_under(path: Path) -> list[str]:

@@ -14,7 +14,8 @@ without any of them (see images/README.md):
 Every resource a step creates (mounts, loop devices, files swapped in the tree, processes) is
 recorded when created and released in reverse order whatever happens, Ctrl-C and SIGTERM
 included; a release that fails is reported with what to remove by hand and never hides the
-first error.
+first error. Every command runs through `bakery.commands.run_command`: its own process group,
+killed whole however it ends, and a CommandError (a BuildError) for any failure or timeout.
 
     python -m bakery.localbuild --definition images/local-test.yaml --out build/local-test
 """
@@ -27,17 +28,17 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .cleanup import Cleanup
-from .errors import BakeryError
+from .cleanup import Cleanup, interrupt_on_sigterm
+from .commands import CommandError, run_command
+from .errors import BakeryError, BuildError
 from .hostfs import (
     chroot_mounts,
     detach,
@@ -83,10 +84,6 @@ BASE_CACHE_MAX_AGE = dt.timedelta(days=7)
 HOST_TOOLS = ["mmdebstrap", "chroot", "mkfs.ext4", "sfdisk", "losetup", "extlinux", "qemu-img"]
 MBR_CANDIDATES = [Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin")]
 STAGING = "/run/bakery"
-
-
-class BuildError(BakeryError):
-    """The local build failed; the message says where and what to look at."""
 
 
 @dataclass
@@ -155,48 +152,37 @@ class Builder:
         timeout: float = 600,
         capture: bool = False,
         env: dict[str, str] | None = None,
+        stdin: str | None = None,
     ) -> str:
-        """Run a command in its own process group; kill the group on timeout or interrupt."""
-        self.log("$ " + " ".join(command))
-        proc = subprocess.Popen(
-            list(command),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-            env=env,
-        )
-        output: list[str] = []
-        deadline = _now() + timeout
+        """Run a command of the build, its output logged (and echoed unless `capture`);
+        raise CommandError if it cannot start, fails or times out."""
+        self.log("$ " + shlex.join(command))
+
+        def output_line(line: str) -> None:
+            if self._log_file:
+                self._log_file.write(line)
+                self._log_file.flush()
+            if self.echo and not capture:
+                sys.stdout.write(line)
+
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                output.append(line)
-                if self._log_file:
-                    self._log_file.write(line)
-                    self._log_file.flush()
-                if self.echo and not capture:
-                    sys.stdout.write(line)
-                if _now() > deadline:
-                    raise subprocess.TimeoutExpired(list(command), timeout)
-            proc.wait(timeout=max(1.0, deadline - _now()))
-        except BaseException:
-            _kill_group(proc)
-            raise
-        if proc.returncode != 0:
-            tail = "".join(output[-15:])
-            raise BuildError(
-                f"{command[0]} failed (exit {proc.returncode}); last lines:\n{tail}"
-                f"full log: {self.log_path}"
+            return run_command(
+                command,
+                timeout=timeout,
+                on_line=output_line,
+                log_path=self.log_path,
+                env=env,
+                stdin=stdin,
             )
-        return "".join(output)
+        except CommandError as error:
+            self.log(f"{shlex.join(command[:1])}: {error.problem}")
+            raise
 
     # -- the build --------------------------------------------------------------------------
     def build(self) -> BuildResult:
         self.out.mkdir(parents=True, exist_ok=True)
         started = _now()
-        with open(self.log_path, "w") as self._log_file, _signals_as_interrupt():
+        with open(self.log_path, "w") as self._log_file, interrupt_on_sigterm():
             self.log(f"build {self.build_id} of {self.loaded.path} into {self.out}")
             self._preflight()
             cleanup = Cleanup(self.log)
@@ -367,7 +353,7 @@ class Builder:
         repositories and artifacts)."""
         has_artifacts = self.loaded.consul_artifacts_dir is not None
         env = env if env is not None else self.element_env(has_artifacts)
-        with chroot_mounts(tree, cleanup):
+        with chroot_mounts(tree, cleanup, self.run):
             stage_elements(
                 self.loaded,
                 elements,
@@ -465,16 +451,10 @@ class Builder:
 
     def _sfdisk(self, raw: Path) -> None:
         script = f"label: dos\nstart={PARTITION_OFFSET // 512}, type=83, bootable\n"
-        self.log(f"$ sfdisk {raw} <<< {script!r}")
-        proc = subprocess.run(
-            ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)],
-            input=script,
-            text=True,
-            capture_output=True,
-            timeout=60,
+        self.log(f"sfdisk script: {script!r}")
+        self.run(
+            ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)], timeout=60, stdin=script
         )
-        if proc.returncode != 0:
-            raise BuildError(f"sfdisk failed: {proc.stderr.strip()}")
 
     def _install_extlinux(self, raw: Path, fs_bytes: int, cleanup: Cleanup) -> None:
         loop = self.run(
@@ -491,11 +471,11 @@ class Builder:
             capture=True,
             timeout=60,
         ).strip()
-        cleanup.push(f"loop device {loop} (losetup -d {loop})", lambda: detach(loop))
+        cleanup.push(f"loop device {loop} (losetup -d {loop})", lambda: detach(loop, self.run))
         mnt = self.out / "mnt"
         mnt.mkdir(exist_ok=True)
         self.run(["mount", loop, str(mnt)], timeout=60)
-        cleanup.push(f"mount {mnt} (umount {mnt})", lambda: umount(mnt))
+        cleanup.push(f"mount {mnt} (umount {mnt})", lambda: umount(mnt, self.run))
         self.run(["extlinux", "--install", str(mnt / "boot/extlinux")], timeout=120)
 
 
@@ -534,45 +514,17 @@ def rerun_elements(build_dir: Path, definition: str | Path, workdir: Path) -> li
     loaded = load_definition(definition)
     builder = Builder(loaded, workdir, cache_dir=None, echo=False)
     workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / "rerun.log", "w") as builder._log_file:
+    builder.log_path = workdir / "rerun.log"  # what errors name as the full log
+    with open(builder.log_path, "w") as builder._log_file:
         cleanup = Cleanup(builder.log)
         try:
-            with overlay(tree, workdir, cleanup) as (merged, upper):
+            with overlay(tree, workdir, cleanup, builder.run) as (merged, upper):
                 builder.run_elements(merged, loaded.elements(), cleanup, env=env)
                 return overlay_changes(tree, upper, merged)
         finally:
             cleanup.run()
             if cleanup.leftovers:
                 raise BuildError("could not release: " + "; ".join(cleanup.leftovers))
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def _signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM (CI's stop, `timeout`) unwinds like Ctrl-C, so cleanup runs."""
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _result_line(output: str) -> dict:
