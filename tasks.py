@@ -160,8 +160,31 @@ def _bake_local(c, definition, out, environment):
     print(f"baked {result.build_id}: {result.qcow2} ({result.sizes['qcow2']} bytes), {result.raw}")
 
 
+@task(
+    help={
+        "force": "bake a new generation even if nothing changed",
+        "dry_run": "only say what would be baked, retired and deleted",
+    }
+)
+def rebuild(c, force=False, dry_run=False):
+    """Bake a new generation if inputs, base image or age call for it; retire old ones."""
+    with _reported(c):
+        from bakery.rebuild import rebuild as run_rebuild
+
+        result = run_rebuild(_settings(c), force=force, dry_run=dry_run, log=_progress)
+        if result.baked is not None:
+            print(f"baked {result.baked.build_id}")
+        elif any(result.reasons.values()):
+            print("a new generation is due (dry run: nothing baked)")
+        else:
+            print("every environment's newest released image is current")
+        for label, names in result.deleted.items():
+            if names:
+                print(f"{label}: {'would delete' if dry_run else 'deleted'} {', '.join(names)}")
+
+
 def _progress(line: str) -> None:
     print(f"bakery: {line}", flush=True)
 
 
-ns = Collection(render, ca, check, bake)
+ns = Collection(render, ca, check, bake, rebuild)

@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import Environment
 from .errors import BakeryError
@@ -62,6 +62,12 @@ def cloud_errors(where: str) -> Iterator[None]:
         yield
     except (openstack.exceptions.SDKException, ksa_exceptions.ClientException) as error:
         raise CloudError(f"{where}: {error}") from None
+
+
+def image_property(image: Any, key: str) -> Any:
+    """An image property, whether openstacksdk models it as an attribute or not."""
+    value = getattr(image, key, None)
+    return value if value is not None else (image.properties or {}).get(key)
 
 
 def wait_for(

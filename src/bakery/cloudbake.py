@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import secrets
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -30,7 +31,7 @@ from typing import Any
 
 from .builderdata import BuilderUserData, builder_user_data
 from .cleanup import Cleanup, ReleaseError, interrupt_on_sigterm, shielded_from_interrupts
-from .cloud import TAG, Cancelled, CloudError, cloud_errors, connect, wait_for
+from .cloud import TAG, Cancelled, CloudError, cloud_errors, connect, image_property, wait_for
 from .config import Settings, builder_problems, first_az
 from .errors import BakeryError, ConfigError, Problem
 from .imagedef import LoadedDefinition, load_definition
@@ -76,8 +77,10 @@ def builder_name(build_id: str) -> str:
 
 
 def new_build_id(loaded: LoadedDefinition) -> str:
+    """Unique per bake (its resources are found again by name): definition, UTC time, inputs
+    hash, and a random part for two bakes started in the same second."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{loaded.name}-{stamp}-{loaded.inputs_hash()[:8]}"
+    return f"{loaded.name}-{stamp}-{loaded.inputs_hash()[:8]}-{secrets.token_hex(2)}"
 
 
 def bake(
@@ -161,7 +164,7 @@ def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target
     conn = connect(label, environment)
     where = f"environment {label}"
     with cloud_errors(where):
-        base = _base_image(conn, settings, loaded, where)
+        base = find_base_image(conn, settings, loaded, where)
         flavor = conn.compute.find_flavor(pick("flavor"), ignore_missing=True)
         if flavor is None:
             raise CloudError(f"{where}: no flavor {pick('flavor')!r}")
@@ -187,16 +190,16 @@ def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target
                     f"{where}: compute AZ {zone!r} is not available; available: "
                     f"{', '.join(sorted(zones)) or 'none'}"
                 )
-    arch = ARCH_OF_IMAGE.get(str(_prop(base, "architecture") or "x86_64"))
+    arch = ARCH_OF_IMAGE.get(str(image_property(base, "architecture") or "x86_64"))
     if arch not in loaded.definition.base.architectures:
         raise CloudError(
-            f"{where}: base image {base.name!r} is {_prop(base, 'architecture')}; image "
+            f"{where}: base image {base.name!r} is {image_property(base, 'architecture')}; image "
             f"definition {loaded.name} builds {', '.join(loaded.definition.base.architectures)}"
         )
     return Target(label, conn, base, flavor, network, groups, zone, arch)
 
 
-def _base_image(conn, settings: Settings, loaded: LoadedDefinition, where: str):
+def find_base_image(conn, settings: Settings, loaded: LoadedDefinition, where: str):
     wanted = settings.image.base_image
     if wanted.name is not None:
         found = [i for i in conn.image.images(name=wanted.name) if i.status == "active"]
@@ -211,19 +214,18 @@ def _base_image(conn, settings: Settings, loaded: LoadedDefinition, where: str):
     candidates = [
         image
         for image in conn.image.images(status="active")
-        if all(str(_prop(image, k)) == v for k, v in properties.items())
-        and TAG not in (image.tags or [])  # never bake on top of a golden image
+        if all(str(image_property(image, k)) == v for k, v in properties.items())
+        # Snapshots inherit the base's properties: never start from one (a golden image
+        # included, which is one), only from an image as its provider uploaded it.
+        and image_property(image, "image_type") != "snapshot"
+        and image_property(image, TAG) is None
     ]
     if not candidates:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(properties.items()))
         raise CloudError(f"{where}: no active image with {shown} (set image.base_image)")
-    return max(candidates, key=lambda i: (str(_prop(i, "image_build_date") or ""), i.created_at))
-
-
-def _prop(image, key: str) -> Any:
-    """An image property, whether openstacksdk models it as an attribute or not."""
-    value = getattr(image, key, None)
-    return value if value is not None else (image.properties or {}).get(key)
+    return max(
+        candidates, key=lambda i: (str(image_property(i, "image_build_date") or ""), i.created_at)
+    )
 
 
 # -- 2. build in parallel -------------------------------------------------------------------
@@ -394,7 +396,7 @@ def _image_properties(build_id: str, loaded: LoadedDefinition, target: Target) -
         "bakery_build_id": build_id,
         "bakery_inputs_hash": loaded.inputs_hash(),
         "bakery_base_image_id": base.id,
-        "bakery_base_build_date": str(_prop(base, "image_build_date") or base.created_at),
+        "bakery_base_build_date": str(image_property(base, "image_build_date") or base.created_at),
         "image_build_date": now.strftime("%Y-%m-%d %H:%M"),
         "image_description": f"bakery golden image {loaded.name} ({build_id})"[:255],
     }

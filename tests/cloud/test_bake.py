@@ -189,3 +189,50 @@ def test_ctrl_c_while_building_removes_everything(cloud, envs, tmp_path):
     for conn in envs.values():
         assert list(conn.compute.servers()) == []
         assert _own_images(conn) == []
+
+
+def _rebuild(cloud, config: Path, *args: str) -> subprocess.CompletedProcess:
+    result = invoke("-f", str(config), "rebuild", *args, env=_cloud_env(cloud))
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def _released(conn) -> dict[str, str]:
+    """image name -> bakery_status, of this project's bakery images."""
+    return {i.name: _prop(i, "bakery_status") for i in _own_images(conn)}
+
+
+def test_rebuild_bakes_only_when_due_and_retires_safely(cloud, envs, tmp_path):
+    config = _config(tmp_path, **{"image.keep_released": 1})
+    env1, env2 = envs["test-env1"], envs["test-env2"]
+
+    first = _rebuild(cloud, config)
+    assert "e1: no released image of postgresql14-patroni" in first.stdout
+    (gen1,) = _released(env1)
+    assert _released(env2) == {gen1: "released"}
+
+    again = _rebuild(cloud, config, "--dry-run")
+    assert "every environment's newest released image is current" in again.stdout
+    assert _released(env1) == {gen1: "released"}
+
+    # A node runs from generation 1 in e1: a forced rebuild retires it there, but keeps it.
+    node = env1.compute.create_server(
+        name="node-on-gen1",
+        image_id=_own_images(env1)[0].id,
+        flavor_id=env1.compute.find_flavor("SCS-1V-2-10").id,
+        networks=[{"uuid": env1.network.find_network("private").id}],
+    )
+    env1.compute.wait_for_server(node, status="ACTIVE", interval=1, wait=120)
+    forced = _rebuild(cloud, config, "--force")
+    assert f"e1: {gen1} stays while servers run from it" in forced.stdout
+    (gen2,) = set(_released(env2))
+    assert gen2 != gen1
+    assert _released(env1) == {gen1: "retired", gen2: "released"}
+
+    # Once nothing runs from it, the next rebuild deletes it without baking.
+    env1.compute.delete_server(node)
+    env1.compute.wait_for_delete(node, interval=1, wait=120)
+    last = _rebuild(cloud, config)
+    assert "baked" not in last.stdout
+    assert f"e1: deleted {gen1}" in last.stdout
+    assert _released(env1) == {gen2: "released"} == _released(env2)

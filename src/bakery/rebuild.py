@@ -1,0 +1,128 @@
+"""`invoke rebuild`: bake a new generation when something changed, then retire old ones.
+
+Meant to run unattended (systemd timer or CI schedule, see deploy/). A new generation is baked,
+in every environment at once, when any environment
+- has no released image of the definition,
+- has one whose inputs (definition, Patroni lock, elements) differ from the checkout's,
+- has one made from another base image than the newest one the cloud now offers, or
+- has one older than `image.max_age_days` (the base element's package upgrades).
+Whether or not it bakes, each environment's old generations are then retired
+(`generations.plan_retirement`). Only one rebuild runs at a time per state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from . import cloudbake
+from .cloud import cloud_errors, connect
+from .config import Settings
+from .errors import BakeryError
+from .generations import generations, images_in_use, newest_released, plan_retirement
+from .imagedef import LoadedDefinition, load_definition
+
+# A candidate younger than this may belong to a bake still running elsewhere.
+CANDIDATE_GRACE_MARGIN = dt.timedelta(hours=1)
+
+
+@dataclass
+class RebuildResult:
+    reasons: dict[str, list[str]]  # environment -> why it needs a new generation
+    baked: cloudbake.BakeResult | None = None
+    retired: dict[str, list[str]] = field(default_factory=dict)  # environment -> image names
+    deleted: dict[str, list[str]] = field(default_factory=dict)
+    kept_in_use: dict[str, list[str]] = field(default_factory=dict)
+
+
+def rebuild(
+    settings: Settings,
+    force: bool = False,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> RebuildResult:
+    loaded = load_definition(settings.image.definition)
+    with _only_one_rebuild(settings):
+        reasons = _reasons(settings, loaded, force)
+        result = RebuildResult(reasons)
+        for label, why in reasons.items():
+            log(f"{label}: " + ("; ".join(why) if why else "current"))
+        if any(reasons.values()) and not dry_run:
+            result.baked = cloudbake.bake(settings, log=log)
+        _retire(settings, loaded, result, dry_run, log)
+        return result
+
+
+def _reasons(settings: Settings, loaded: LoadedDefinition, force: bool) -> dict[str, list[str]]:
+    now = dt.datetime.now(dt.UTC)
+    max_age = dt.timedelta(days=settings.image.max_age_days)
+    reasons = {}
+    for label, environment in settings.environments.items():
+        where = f"environment {label}"
+        conn = connect(label, environment)
+        with cloud_errors(where):
+            newest = newest_released(generations(conn, loaded.name))
+            base = cloudbake.find_base_image(conn, settings, loaded, where)
+        why = ["--force"] if force else []
+        if newest is None:
+            why.append(f"no released image of {loaded.name}")
+        else:
+            if newest.inputs_hash != loaded.inputs_hash():
+                why.append(f"{newest.name} was built from other inputs than this checkout's")
+            if newest.base_image_id != base.id:
+                why.append(f"a newer base image: {base.name} ({base.id})")
+            if now - newest.created > max_age:
+                days = (now - newest.created).days
+                why.append(f"{newest.name} is {days} days old (image.max_age_days: {max_age.days})")
+        reasons[label] = why
+    return reasons
+
+
+def _retire(settings, loaded, result: RebuildResult, dry_run: bool, log) -> None:
+    grace = dt.timedelta(seconds=settings.image.build_timeout + cloudbake.SNAPSHOT_TIMEOUT)
+    grace += CANDIDATE_GRACE_MARGIN
+    verb = "would" if dry_run else "will"
+    for label, environment in settings.environments.items():
+        conn = connect(label, environment)
+        with cloud_errors(f"environment {label}: retiring old generations"):
+            plan = plan_retirement(
+                generations(conn, loaded.name),
+                images_in_use(conn),
+                settings.image.keep_released,
+                dt.datetime.now(dt.UTC),
+                grace,
+            )
+            for gen in plan.kept_in_use:
+                log(f"{label}: {gen.name} stays while servers run from it")
+            for gen in plan.retire:
+                log(f"{label}: {verb} retire {gen.name}")
+                if not dry_run:
+                    conn.image.update_image(gen.image_id, bakery_status="retired")
+            for gen in plan.delete:
+                log(f"{label}: {verb} delete {gen.name} ({gen.status})")
+                if not dry_run:
+                    conn.image.delete_image(gen.image_id, ignore_missing=True)
+        result.retired[label] = [g.name for g in plan.retire]
+        result.deleted[label] = [g.name for g in plan.delete]
+        result.kept_in_use[label] = [g.name for g in plan.kept_in_use]
+
+
+@contextlib.contextmanager
+def _only_one_rebuild(settings: Settings) -> Iterator[None]:
+    """A timer and a person may start a rebuild at the same moment: the second one stops."""
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(settings.state_dir / "rebuild.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BakeryError(
+                f"another rebuild holds {settings.state_dir / 'rebuild.lock'}; nothing was done"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,60 @@
+"""Which generations a rebuild retires and deletes, and that only one rebuild runs at a time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+
+import pytest
+
+from bakery.config import load_settings
+from bakery.errors import BakeryError
+from bakery.generations import Generation, plan_retirement
+from bakery.rebuild import rebuild
+from tests.helpers import base_config
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+GRACE = dt.timedelta(hours=3)
+
+
+def _gen(name: str, status: str, hours_ago: float) -> Generation:
+    return Generation(name, name, status, name, "hash", "base", NOW - dt.timedelta(hours=hours_ago))
+
+
+def _names(gens) -> list[str]:
+    return [g.name for g in gens]
+
+
+def test_the_newest_released_stay_older_ones_go():
+    gens = [_gen("r3", "released", 1), _gen("r2", "released", 20), _gen("r1", "released", 40)]
+    plan = plan_retirement(gens, set(), keep=2, now=NOW, candidate_grace=GRACE)
+    assert _names(plan.retire) == ["r1"] and _names(plan.delete) == ["r1"]
+    assert plan_retirement(gens, set(), 3, NOW, GRACE).delete == []
+
+
+def test_an_image_in_use_is_retired_but_never_deleted():
+    gens = [_gen("r2", "released", 1), _gen("r1", "released", 20), _gen("old", "retired", 90)]
+    plan = plan_retirement(gens, in_use={"r1", "old"}, keep=1, now=NOW, candidate_grace=GRACE)
+    assert _names(plan.retire) == ["r1"]
+    assert plan.delete == []
+    assert _names(plan.kept_in_use) == ["r1", "old"]
+
+
+def test_candidates_go_only_when_no_bake_can_still_be_running():
+    gens = [_gen("fresh", "candidate", 1), _gen("stale", "candidate", 4)]
+    plan = plan_retirement(gens, set(), keep=3, now=NOW, candidate_grace=GRACE)
+    assert _names(plan.delete) == ["stale"] and plan.retire == []
+
+
+def test_a_second_rebuild_stops_before_touching_any_cloud(tmp_path):
+    settings = load_settings(base_config(tmp_path))
+    settings.state_dir.mkdir(parents=True)
+    fd = os.open(settings.state_dir / "rebuild.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # The config's clouds do not exist: reaching any of them would fail differently.
+        with pytest.raises(BakeryError, match="another rebuild holds .*rebuild.lock"):
+            rebuild(settings)
+    finally:
+        os.close(fd)
