@@ -161,6 +161,21 @@ def _bake_local(c, definition, out, environment):
 
 
 @task(
+    help={"az": "AZ label from the config (repeat: --az a --az b); default: every AZ"},
+    iterable=["az"],
+)
+def launch(c, az):
+    """Start the PostgreSQL nodes of the chosen AZs from the newest released image."""
+    with _reported(c):
+        from bakery.launch import launch as launch_nodes
+
+        result = launch_nodes(_settings(c), az, log=_progress)
+        for node in result.nodes:
+            print(f"{node.name}: AZ {node.az}, {node.address}, server {node.server_id}")
+        print(f"launched {len(result.nodes)} node(s) from {result.nodes[0].image}")
+
+
+@task(
     help={
         "force": "bake a new generation even if nothing changed",
         "dry_run": "only say what would be baked, retired and deleted",
@@ -187,4 +202,4 @@ def _progress(line: str) -> None:
     print(f"bakery: {line}", flush=True)
 
 
-ns = Collection(render, ca, check, bake, rebuild)
+ns = Collection(render, ca, check, bake, launch, rebuild)

@@ -9,6 +9,7 @@ A `clouds.yaml` is found as openstacksdk finds it (OS_CLIENT_CONFIG_FILE, ./clou
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -89,3 +90,22 @@ def wait_for(
         if time.monotonic() > deadline:
             raise CloudError(f"timed out after {timeout:.0f} s waiting for {what}")
         cancel.wait(interval)
+
+
+def delete_servers_named(conn, name: str, timeout: float = 300) -> None:
+    """Delete every server of exactly this name and wait until they are gone (a server's
+    port and address are only free once it is)."""
+    servers = list(conn.compute.servers(name=f"^{re.escape(name)}$"))
+    for server in servers:
+        conn.compute.delete_server(server, ignore_missing=True)
+    for server in servers:
+        conn.compute.wait_for_delete(server, interval=2, wait=timeout)
+
+
+def check_compute_az(conn, zone: str, where: str) -> None:
+    zones = {z.name for z in conn.compute.availability_zones() if z.state["available"]}
+    if zone not in zones:
+        raise CloudError(
+            f"{where}: compute AZ {zone!r} is not available; available: "
+            f"{', '.join(sorted(zones)) or 'none'}"
+        )

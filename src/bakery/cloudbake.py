@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import re
 import secrets
 import threading
 from collections.abc import Callable
@@ -31,7 +30,17 @@ from typing import Any
 
 from .builderdata import BuilderUserData, builder_user_data
 from .cleanup import Cleanup, ReleaseError, interrupt_on_sigterm, shielded_from_interrupts
-from .cloud import TAG, Cancelled, CloudError, cloud_errors, connect, image_property, wait_for
+from .cloud import (
+    TAG,
+    Cancelled,
+    CloudError,
+    check_compute_az,
+    cloud_errors,
+    connect,
+    delete_servers_named,
+    image_property,
+    wait_for,
+)
 from .config import Settings, builder_problems, first_az
 from .errors import BakeryError, ConfigError, Problem
 from .imagedef import LoadedDefinition, load_definition
@@ -39,7 +48,6 @@ from .manifest import last_result, manifest_problems
 
 ARCH_OF_IMAGE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 SNAPSHOT_TIMEOUT = 1800
-DELETE_TIMEOUT = 300
 CONSOLE_TAIL = 25  # console lines quoted in an error
 
 
@@ -184,12 +192,7 @@ def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target
                 raise CloudError(f"{where}: no security group {group!r}")
         zone = pick("compute_az")
         if zone is not None:
-            zones = {z.name for z in conn.compute.availability_zones() if z.state["available"]}
-            if zone not in zones:
-                raise CloudError(
-                    f"{where}: compute AZ {zone!r} is not available; available: "
-                    f"{', '.join(sorted(zones)) or 'none'}"
-                )
+            check_compute_az(conn, zone, where)
     arch = ARCH_OF_IMAGE.get(str(image_property(base, "architecture") or "x86_64"))
     if arch not in loaded.definition.base.architectures:
         raise CloudError(
@@ -290,7 +293,9 @@ class _Bake:
         conn, label, build_id = target.conn, target.label, self.build_id
         where = f"environment {label}"
         name = builder_name(build_id)
-        self.register(self.always, f"{where}: server {name}", lambda: _delete_servers(conn, name))
+        self.register(
+            self.always, f"{where}: server {name}", lambda: delete_servers_named(conn, name)
+        )
         assert target.user_data is not None
         placement: dict[str, Any] = {}
         if target.security_groups:
@@ -326,7 +331,7 @@ class _Bake:
         _check_result(self.loaded, build_id, console, where)
         image = self._snapshot(target, server.id)
         self.log(f"{label}: image {image.name} ({image.id}) active; removing the builder")
-        _delete_servers(conn, name)
+        delete_servers_named(conn, name)
         return BakedImage(label, image.id, image.name)
 
     def _snapshot(self, target: Target, server_id: str):
@@ -415,15 +420,6 @@ def _component_versions(loaded: LoadedDefinition) -> dict[str, str]:
     if c.consul is not None:
         versions["consul"] = c.consul.version
     return versions
-
-
-def _delete_servers(conn, name: str) -> None:
-    """Delete every server of this exact name and wait until they are gone."""
-    servers = list(conn.compute.servers(name=f"^{re.escape(name)}$"))
-    for server in servers:
-        conn.compute.delete_server(server, ignore_missing=True)
-    for server in servers:
-        conn.compute.wait_for_delete(server, interval=2, wait=DELETE_TIMEOUT)
 
 
 def _delete_images(conn, name: str) -> None:

@@ -74,20 +74,12 @@ def make_plan(
     """Name the nodes of the chosen AZs and give each its addresses. Writes nothing."""
     labels = select_azs(settings, az_labels)
     problems: list[Problem] = []
-    counters: dict[str, int] = {}
     drafts: list[tuple[str, str, str, IPv4 | None]] = []
-    # Counters run per environment over every AZ of the config, so a node's name does not
-    # depend on which --az were given.
-    for label, az in settings.azs.items():
-        for i in range(az.nodes):
-            index = counters.get(az.environment, 0)
-            counters[az.environment] = index + 1
-            name = f"{az.environment}-{settings.cluster.name_prefix}-{index}"
-            address = az.addresses[i] if i < len(az.addresses) else None
-            if private_addresses and name in private_addresses:
-                address = private_addresses[name]
-            if label in labels:
-                drafts.append((name, label, az.environment, address))
+    for name, label, configured in node_slots(settings, labels):
+        address = configured
+        if private_addresses and name in private_addresses:
+            address = private_addresses[name]
+        drafts.append((name, label, settings.azs[label].environment, address))
     if settings.overlay.type == "none":
         problems += [
             Problem(
@@ -109,6 +101,24 @@ def make_plan(
         raise ConfigError(problems)
     nodes = [Node(name, label, env, address, overlay[name]) for name, label, env, address in drafts]
     return Plan(nodes, allocations)
+
+
+def node_slots(settings: Settings, labels: Iterable[str]) -> list[tuple[str, str, IPv4 | None]]:
+    """(name, AZ label, configured private address or None) of each node of the given AZs.
+
+    Counters run per environment over every AZ of the config, so a node's name does not
+    depend on which --az were given."""
+    chosen = set(labels)
+    counters: dict[str, int] = {}
+    slots = []
+    for label, az in settings.azs.items():
+        for i in range(az.nodes):
+            index = counters.get(az.environment, 0)
+            counters[az.environment] = index + 1
+            if label in chosen:
+                name = f"{az.environment}-{settings.cluster.name_prefix}-{index}"
+                slots.append((name, label, az.addresses[i] if i < len(az.addresses) else None))
+    return slots
 
 
 def dcs_survival_problems(settings: Settings, labels: list[str]) -> list[Problem]:

@@ -1,4 +1,5 @@
-"""`invoke bake` against the loopback OpenStack: two environments, the guest-playing driver.
+"""`invoke bake` and `invoke rebuild` against the loopback OpenStack: two environments, the
+guest-playing driver.
 
 Every test runs the real command line with the stack's clouds.yaml and checks what exists in
 both environments afterwards: released images with their properties, or nothing at all.
@@ -16,67 +17,39 @@ from pathlib import Path
 import pytest
 
 from bakery.imagedef import load_definition
-from tests.helpers import INVOKE, PROJECT, base_config, invoke, merged, write_config
+from tests.helpers import INVOKE, PROJECT
 
 from .provision import BASE_IMAGE_PROPERTIES
+from .workflow import (
+    DEFINITION,
+    cloud_env,
+    cluster_config,
+    own_images,
+    prop,
+    remove_leftovers,
+    run_task,
+)
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK50Warning"),
     pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK60Warning"),
 ]
-DEFINITION = "postgresql14-patroni"
 TEST_BASE = "bakery test base"  # a base image whose guest misbehaves as its property says
 
 
 @pytest.fixture
 def envs(cloud):
-    """Both environments' connections; afterwards, every image and server a test made is
-    removed, and the test fails if a builder server was left behind by the bake itself."""
+    """Both environments' connections; afterwards everything a test made is removed, and the
+    test fails if the bake left a server behind."""
     conns = {name: cloud.connect(name) for name in cloud.clouds}
     yield conns
-    leftovers = []
-    for name, conn in conns.items():
-        for server in conn.compute.servers():
-            leftovers.append(f"{name}: server {server.name}")
-            conn.compute.delete_server(server, ignore_missing=True)
-            conn.compute.wait_for_delete(server, interval=1, wait=120)
-        for image in conn.image.images(owner=conn.current_project_id):
-            if "bakery" in (image.tags or []) or image.name == TEST_BASE:
-                conn.image.delete_image(image, ignore_missing=True)
-    assert leftovers == []
-
-
-def _config(tmp_path: Path, **changes) -> Path:
-    config = base_config(tmp_path, dcs="etcd3", overlay=False)
-    config["environments"] = {"e1": {"cloud": "test-env1"}, "e2": {"cloud": "test-env2"}}
-    for label, env, zone in (("a", "e1", "az1"), ("b", "e2", "az2")):
-        config["azs"][label].update(
-            environment=env, network="private", flavor="SCS-1V-2-10", compute_az=zone
-        )
-        config["azs"][label].pop("subnet")
-        config["azs"][label].pop("security_groups", None)
-    config["image"] = {"definition": DEFINITION}
-    return write_config(tmp_path / "cluster.yaml", merged(config, **changes))
+    leftovers = {name: remove_leftovers(conn, (TEST_BASE,)) for name, conn in conns.items()}
+    assert leftovers == {name: [] for name in conns}
 
 
 def _bake(cloud, config: Path, *args: str) -> subprocess.CompletedProcess:
-    return invoke("-f", str(config), "bake", *args, env=_cloud_env(cloud))
-
-
-def _cloud_env(cloud) -> dict:
-    return {"OS_CLIENT_CONFIG_FILE": str(cloud.clouds_yaml), "PYTHONWARNINGS": "ignore"}
-
-
-def _own_images(conn) -> list:
-    return [
-        i for i in conn.image.images(owner=conn.current_project_id) if "bakery" in (i.tags or [])
-    ]
-
-
-def _prop(image, key: str):
-    value = getattr(image, key, None)
-    return value if value is not None else image.properties.get(key)
+    return run_task(cloud, config, "bake", *args)
 
 
 def _test_base(conn, mode: str):
@@ -98,26 +71,26 @@ def _test_base(conn, mode: str):
 
 
 def test_bake_releases_one_verified_image_per_environment(cloud, envs, tmp_path):
-    result = _bake(cloud, _config(tmp_path))
+    result = _bake(cloud, cluster_config(tmp_path))
     assert result.returncode == 0, result.stderr + result.stdout
     loaded = load_definition(DEFINITION)
     build_ids = set()
     for conn in envs.values():
-        images = _own_images(conn)
+        images = own_images(conn)
         assert len(images) == 1
         image = images[0]
         build_ids.add(image.name)
         assert image.status == "active"
-        assert _prop(image, "bakery_status") == "released"
-        assert _prop(image, "bakery_definition") == DEFINITION
-        assert _prop(image, "bakery_build_id") == image.name
-        assert _prop(image, "bakery_inputs_hash") == loaded.inputs_hash()
-        assert _prop(image, "bakery_patroni") == "4.1.5"
-        assert _prop(image, "bakery_base_build_date") == BASE_IMAGE_PROPERTIES["image_build_date"]
+        assert prop(image, "bakery_status") == "released"
+        assert prop(image, "bakery_definition") == DEFINITION
+        assert prop(image, "bakery_build_id") == image.name
+        assert prop(image, "bakery_inputs_hash") == loaded.inputs_hash()
+        assert prop(image, "bakery_patroni") == "4.1.5"
+        assert prop(image, "bakery_base_build_date") == BASE_IMAGE_PROPERTIES["image_build_date"]
         # Inherited from the base image, as on a real cloud; the build date is the bake's.
         for key in ("os_distro", "os_version", "hw_disk_bus", "hw_qemu_guest_agent"):
-            assert _prop(image, key) == BASE_IMAGE_PROPERTIES[key], key
-        assert _prop(image, "image_build_date") != BASE_IMAGE_PROPERTIES["image_build_date"]
+            assert prop(image, key) == BASE_IMAGE_PROPERTIES[key], key
+        assert prop(image, "image_build_date") != BASE_IMAGE_PROPERTIES["image_build_date"]
         assert list(conn.compute.servers()) == []  # the builder is gone
     assert len(build_ids) == 1  # one build, released in both
     (build_id,) = build_ids
@@ -126,7 +99,7 @@ def test_bake_releases_one_verified_image_per_environment(cloud, envs, tmp_path)
 
 def test_bad_input_in_any_environment_creates_nothing(cloud, envs, tmp_path):
     before = {name: len(list(conn.image.images())) for name, conn in envs.items()}
-    config = _config(
+    config = cluster_config(
         tmp_path,
         **{"environments.e2.builder": {"flavor": "no-such-flavor"}, "azs.a.compute_az": "az9"},
     )
@@ -154,21 +127,21 @@ def test_a_failure_in_one_environment_releases_nothing_anywhere(
 ):
     _test_base(envs["test-env1"], "ok")
     _test_base(envs["test-env2"], mode)
-    result = _bake(cloud, _config(tmp_path, **{"image.base_image": {"name": TEST_BASE}}))
+    result = _bake(cloud, cluster_config(tmp_path, **{"image.base_image": {"name": TEST_BASE}}))
     assert result.returncode == 1
     assert f"environment e2: {expected}" in result.stderr
     for conn in envs.values():
         assert list(conn.compute.servers()) == []
-        assert _own_images(conn) == []  # e1's good image is removed with the rest
+        assert own_images(conn) == []  # e1's good image is removed with the rest
 
 
 def test_ctrl_c_while_building_removes_everything(cloud, envs, tmp_path):
     for conn in envs.values():
         _test_base(conn, "hang")
-    config = _config(tmp_path, **{"image.base_image": {"name": TEST_BASE}})
+    config = cluster_config(tmp_path, **{"image.base_image": {"name": TEST_BASE}})
     proc = subprocess.Popen(
         [str(INVOKE), "--search-root", str(PROJECT), "-f", str(config), "bake"],
-        env={**os.environ, **_cloud_env(cloud)},
+        env={**os.environ, **cloud_env(cloud)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -188,22 +161,22 @@ def test_ctrl_c_while_building_removes_everything(cloud, envs, tmp_path):
     assert "bakery: interrupted" in output
     for conn in envs.values():
         assert list(conn.compute.servers()) == []
-        assert _own_images(conn) == []
+        assert own_images(conn) == []
 
 
 def _rebuild(cloud, config: Path, *args: str) -> subprocess.CompletedProcess:
-    result = invoke("-f", str(config), "rebuild", *args, env=_cloud_env(cloud))
+    result = run_task(cloud, config, "rebuild", *args)
     assert result.returncode == 0, result.stderr + result.stdout
     return result
 
 
 def _released(conn) -> dict[str, str]:
     """image name -> bakery_status, of this project's bakery images."""
-    return {i.name: _prop(i, "bakery_status") for i in _own_images(conn)}
+    return {i.name: prop(i, "bakery_status") for i in own_images(conn)}
 
 
 def test_rebuild_bakes_only_when_due_and_retires_safely(cloud, envs, tmp_path):
-    config = _config(tmp_path, **{"image.keep_released": 1})
+    config = cluster_config(tmp_path, **{"image.keep_released": 1})
     env1, env2 = envs["test-env1"], envs["test-env2"]
 
     first = _rebuild(cloud, config)
@@ -218,7 +191,7 @@ def test_rebuild_bakes_only_when_due_and_retires_safely(cloud, envs, tmp_path):
     # A node runs from generation 1 in e1: a forced rebuild retires it there, but keeps it.
     node = env1.compute.create_server(
         name="node-on-gen1",
-        image_id=_own_images(env1)[0].id,
+        image_id=own_images(env1)[0].id,
         flavor_id=env1.compute.find_flavor("SCS-1V-2-10").id,
         networks=[{"uuid": env1.network.find_network("private").id}],
     )

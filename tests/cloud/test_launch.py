@@ -1,0 +1,140 @@
+"""`invoke launch` against the loopback OpenStack: nodes in az1 and az2 from the image that
+`invoke bake` released, each carrying its own bundle as user-data; or nothing at all."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+
+import pytest
+from cryptography import x509
+
+from bakery.bundle import NodePaths
+from bakery.config import load_settings
+from bakery.launch import launch
+
+from .workflow import cluster_config, own_images, remove_leftovers, run_task
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK50Warning"),
+    pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK60Warning"),
+]
+
+
+@pytest.fixture(scope="module")
+def released(cloud, tmp_path_factory):
+    """One released generation in both environments, baked by the real command."""
+    result = run_task(cloud, cluster_config(tmp_path_factory.mktemp("bake")), "bake")
+    assert result.returncode == 0, result.stderr
+    conns = {name: cloud.connect(name) for name in cloud.clouds}
+    yield {name: own_images(conn)[0] for name, conn in conns.items()}
+    for conn in conns.values():
+        remove_leftovers(conn)
+
+
+@pytest.fixture
+def envs(cloud, released):
+    conns = {name: cloud.connect(name) for name in cloud.clouds}
+    yield conns
+    for conn in conns.values():
+        for server in conn.compute.servers():
+            conn.compute.delete_server(server)
+            conn.compute.wait_for_delete(server, interval=1, wait=120)
+        for port in conn.network.ports():
+            if "bakery" in (port.tags or []):
+                conn.network.delete_port(port)
+
+
+def _launch_config(cloud, tmp_path, **changes):
+    """The stack's cluster config, with its CA made by `invoke ca` as a user would."""
+    config = cluster_config(tmp_path, **changes)
+    result = run_task(cloud, config, "ca")
+    assert result.returncode == 0, result.stderr
+    return config
+
+
+def _bakery_ports(conn) -> list:
+    return [p for p in conn.network.ports() if "bakery" in (p.tags or [])]
+
+
+def _settings(config_path):
+    import yaml
+
+    return load_settings(yaml.safe_load(config_path.read_text())["bakery"])
+
+
+def test_launch_starts_each_node_in_its_az_with_its_own_bundle(
+    cloud, envs, released, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(cloud.clouds_yaml))
+    config = _launch_config(cloud, tmp_path)
+    result = launch(_settings(config), ["a", "b"], log=lambda line: None)
+
+    admin = cloud.connect(cloud.admin_cloud)
+    expected = {
+        "e1-postgresql-0": ("test-env1", "az1", "compute1", "192.0.2.0/24"),
+        "e2-postgresql-0": ("test-env2", "az2", "compute2", "198.51.100.0/24"),
+    }
+    assert sorted(n.name for n in result.nodes) == sorted(expected)
+    bundles = {b.node.name: b for b in result.bundles}
+    for node in result.nodes:
+        env, zone, host, subnet = expected[node.name]
+        conn = envs[env]
+        server = conn.compute.get_server(node.server_id)
+        assert (server.status, server.availability_zone) == ("ACTIVE", zone)
+        assert admin.compute.get_server(server.id).compute_host == host
+        assert server.image["id"] == released[env].id
+        assert server.metadata["bakery_cluster"] == "patroni42"
+        (port,) = _bakery_ports(conn)
+        assert port.device_id == server.id
+        assert port.fixed_ips[0]["ip_address"] == node.address
+        assert ipaddress.ip_address(node.address) in ipaddress.ip_network(subnet)
+        # The guest received exactly the bundle rendered for the address of its port.
+        user_data = bundles[node.name].user_data.encode()
+        console = conn.compute.get_server_console_output(server)["output"]
+        digest = hashlib.sha256(user_data).hexdigest()
+        assert f"user-data {len(user_data)} bytes sha256={digest}" in console
+        # ... and its certificate names the address Neutron gave the port.
+        cert_pem = next(
+            f.content for f in bundles[node.name].files if f.path == NodePaths.node_cert
+        )
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert ipaddress.ip_address(node.address) in sans.get_values_for_type(x509.IPAddress)
+
+    again = run_task(cloud, config, "launch", "--az", "a", "--az", "b")
+    assert again.returncode == 1
+    assert "nothing was created" in again.stderr
+    assert "a server e1-postgresql-0 exists" in again.stderr
+    for conn in envs.values():
+        assert len(list(conn.compute.servers())) == 1 and len(_bakery_ports(conn)) == 1
+
+
+def test_bad_input_anywhere_creates_nothing(cloud, envs, tmp_path):
+    config = _launch_config(cloud, tmp_path, **{"azs.a.key_pair": "nobody", "azs.b.flavor": "XL"})
+    result = run_task(cloud, config, "launch", "--az", "a", "--az", "b")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "bakery: nothing was created; fix these first:",
+        "  AZ a (environment e1): no key pair 'nobody'",
+        "  AZ b (environment e2): no flavor 'XL'",
+    ]
+    for conn in envs.values():
+        assert list(conn.compute.servers()) == [] and _bakery_ports(conn) == []
+
+
+def test_a_refused_server_removes_every_port_and_server_of_the_launch(cloud, envs, tmp_path):
+    config = _launch_config(cloud, tmp_path)
+    admin = cloud.connect(cloud.admin_cloud)
+    project = envs["test-env2"].current_project_id
+    admin.set_compute_quotas(project, instances=0)
+    try:
+        result = run_task(cloud, config, "launch", "--az", "a", "--az", "b")
+    finally:
+        admin.delete_compute_quotas(project)
+    assert result.returncode == 1
+    assert "environment e2: creating server e2-postgresql-0" in result.stderr
+    assert "Quota exceeded" in result.stderr
+    for conn in envs.values():
+        assert list(conn.compute.servers()) == [] and _bakery_ports(conn) == []

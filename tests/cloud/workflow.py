@@ -1,0 +1,64 @@
+"""What the bake, rebuild and launch tests share: a two-environment config for the stack,
+running the real command line against it, and reading back what exists in the clouds."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.helpers import base_config, invoke, merged, write_config
+
+DEFINITION = "postgresql14-patroni"
+
+
+def cluster_config(tmp_path: Path, **changes) -> Path:
+    """AZ a = environment e1 (test-env1, az1), b = e2 (test-env2, az2), etcd3, no overlay."""
+    config = base_config(tmp_path, dcs="etcd3", overlay=False)
+    config["environments"] = {"e1": {"cloud": "test-env1"}, "e2": {"cloud": "test-env2"}}
+    for label, env, zone in (("a", "e1", "az1"), ("b", "e2", "az2")):
+        az = config["azs"][label]
+        az.update(environment=env, network="private", flavor="SCS-1V-2-10", compute_az=zone)
+        for key in ("subnet", "security_groups", "addresses"):
+            az.pop(key, None)
+    # The stack's subnets (tests/cloud/README.md), where launched nodes get their addresses.
+    config["cluster"]["postgresql"]["allowed_networks"] = ["192.0.2.0/24", "198.51.100.0/24"]
+    config["image"] = {"definition": DEFINITION}
+    return write_config(tmp_path / "cluster.yaml", merged(config, **changes))
+
+
+def cloud_env(cloud) -> dict:
+    return {"OS_CLIENT_CONFIG_FILE": str(cloud.clouds_yaml), "PYTHONWARNINGS": "ignore"}
+
+
+def run_task(cloud, config: Path, *args: str) -> subprocess.CompletedProcess:
+    return invoke("-f", str(config), *args, env=cloud_env(cloud))
+
+
+def prop(image, key: str):
+    value = getattr(image, key, None)
+    return value if value is not None else image.properties.get(key)
+
+
+def own_images(conn) -> list:
+    """This project's bakery images."""
+    return [
+        i for i in conn.image.images(owner=conn.current_project_id) if "bakery" in (i.tags or [])
+    ]
+
+
+def remove_leftovers(conn, image_names: tuple[str, ...] = ()) -> list[str]:
+    """Delete every server, bakery port and bakery image (and the named images) of the
+    project; return the servers and ports found, which a test may not have left."""
+    found = []
+    for server in conn.compute.servers():
+        found.append(f"server {server.name}")
+        conn.compute.delete_server(server, ignore_missing=True)
+        conn.compute.wait_for_delete(server, interval=1, wait=120)
+    for port in conn.network.ports():
+        if "bakery" in (port.tags or []):
+            found.append(f"port {port.name}")
+            conn.network.delete_port(port, ignore_missing=True)
+    for image in conn.image.images(owner=conn.current_project_id):
+        if "bakery" in (image.tags or []) or image.name in image_names:
+            conn.image.delete_image(image, ignore_missing=True)
+    return found
