@@ -253,18 +253,22 @@ def test_invoke_bake_reports_bad_target_and_definition():
 
     invoke = str(Path(sys.executable).parent / "invoke")
     root = IMAGES_DIR.parent
-    proc = subprocess.run(
-        [invoke, "bake", "--target", "cloud", "--definition", "local-test"],
-        cwd=root, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+
+    def bake(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [invoke, "bake", *args], cwd=root, capture_output=True, text=True, timeout=60
+        )
+
+    proc = bake("--target", "space", "--definition", "local-test")
     assert proc.returncode == 1
-    assert "only 'local' exists so far" in proc.stderr
-    proc = subprocess.run(
-        [invoke, "bake", "--definition", "no-such-image"],
-        cwd=root, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    assert "bake --target 'space': allowed are 'cloud' and 'local'" in proc.stderr
+    proc = bake("--target", "local", "--definition", "no-such-image")
     assert proc.returncode == 1
     assert "image definition" in proc.stderr and "no-such-image.yaml" in proc.stderr
+    # The cloud bake (the default) needs a config naming the environments.
+    proc = bake("--definition", "local-test")
+    assert proc.returncode == 1
+    assert "bakery: section missing" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
