@@ -32,6 +32,16 @@ class CloudError(BakeryError):
     """A cloud call or a wait failed; the message names the environment."""
 
 
+class PreflightError(BakeryError):
+    """Checks before anything was created failed; every problem is listed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "nothing was created; fix these first:\n" + "\n".join(f"  {p}" for p in problems)
+        )
+
+
 class Cancelled(BakeryError):
     """The run is being stopped (Ctrl-C, or another environment failed)."""
 
@@ -109,3 +119,14 @@ def check_compute_az(conn, zone: str, where: str) -> None:
             f"{where}: compute AZ {zone!r} is not available; available: "
             f"{', '.join(sorted(zones)) or 'none'}"
         )
+
+
+def server_in(conn, server_id: str, status: str, where: str):
+    """A probe for `wait_for`: the server once its status is `status`, else None. A server in
+    ERROR ends the wait with Nova's fault message."""
+    with cloud_errors(f"{where}: watching server {server_id}"):
+        server = conn.compute.get_server(server_id)
+    if server.status == "ERROR":
+        fault = (server.fault or {}).get("message", "no fault message")
+        raise CloudError(f"{where}: server {server.name} went to ERROR: {fault}")
+    return server if server.status == status else None

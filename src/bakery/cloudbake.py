@@ -34,11 +34,13 @@ from .cloud import (
     TAG,
     Cancelled,
     CloudError,
+    PreflightError,
     check_compute_az,
     cloud_errors,
     connect,
     delete_servers_named,
     image_property,
+    server_in,
     wait_for,
 )
 from .config import Settings, builder_problems, first_az
@@ -154,9 +156,7 @@ def _preflight(
         except BakeryError as error:
             problems.append(str(error))
     if problems:
-        raise BakeryError(
-            "nothing was created; fix these first:\n" + "\n".join(f"  {p}" for p in problems)
-        )
+        raise PreflightError(problems)
     return targets
 
 
@@ -321,7 +321,7 @@ class _Bake:
         self.log(f"{label}: builder {server.id} started; waiting until it powers off")
         server = wait_for(
             f"{where}: builder {name} to power off",
-            lambda: _stopped(conn, server.id, where),
+            lambda: server_in(conn, server.id, "SHUTOFF", where),
             self.settings.image.build_timeout,
             self.cancel,
             interval=5,
@@ -353,15 +353,6 @@ class _Bake:
         with cloud_errors(f"{where}: tagging image {build_id}"):
             conn.image.add_tag(image, TAG)
         return image
-
-
-def _stopped(conn, server_id: str, where: str):
-    with cloud_errors(f"{where}: watching builder {server_id}"):
-        server = conn.compute.get_server(server_id)
-    if server.status == "ERROR":
-        fault = (server.fault or {}).get("message", "no fault message")
-        raise CloudError(f"{where}: builder {server_id} went to ERROR: {fault}")
-    return server if server.status == "SHUTOFF" else None
 
 
 def _check_result(loaded: LoadedDefinition, build_id: str, console: str, where: str) -> None:

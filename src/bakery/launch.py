@@ -18,6 +18,7 @@ Order of work, so that bad input changes nothing and nothing leaks:
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import re
 import threading
@@ -31,10 +32,12 @@ from .cleanup import Cleanup, interrupt_on_sigterm, shielded_from_interrupts
 from .cloud import (
     TAG,
     CloudError,
+    PreflightError,
     check_compute_az,
     cloud_errors,
     connect,
     delete_servers_named,
+    server_in,
     wait_for,
 )
 from .config import AvailabilityZone, Settings
@@ -109,9 +112,7 @@ def _preflight(settings: Settings, labels: list[str], log) -> dict[str, AzTarget
     if not problems:
         problems += _render_problems(settings, labels, targets)
     if problems:
-        raise BakeryError(
-            "nothing was created; fix these first:\n" + "\n".join(f"  {p}" for p in problems)
-        )
+        raise PreflightError(problems)
     for label, target in targets.items():
         log(
             f"{label}: image {target.image.name} ({target.image.id}), flavor "
@@ -256,7 +257,7 @@ class _Launch:
             conn, server = self.targets[node.az].conn, servers[node.name]
             wait_for(
                 f"server {node.name} to become ACTIVE",
-                lambda conn=conn, server=server: _booted(conn, server.id, server.name),
+                functools.partial(server_in, conn, server.id, "ACTIVE", f"AZ {node.az}"),
                 BOOT_TIMEOUT,
                 self.cancel,
             )
@@ -325,15 +326,6 @@ class _Launch:
             )
         self.log(f"{node.az}: server {node.name} ({server.id}) from {target.image.name}")
         return server
-
-
-def _booted(conn, server_id: str, name: str):
-    with cloud_errors(f"watching server {name}"):
-        server = conn.compute.get_server(server_id)
-    if server.status == "ERROR":
-        fault = (server.fault or {}).get("message", "no fault message")
-        raise CloudError(f"server {name} went to ERROR: {fault}")
-    return server if server.status == "ACTIVE" else None
 
 
 def _delete_ports(conn, name: str) -> None:
