@@ -35,13 +35,12 @@ failed() {  # a result line for failures before run-elements could print its own
 run() {
     [[ "$build_id" =~ ^[A-Za-z0-9._-]+$ ]] || { build_id=unknown; failed "bad or missing --build-id"; return; }
     [ ${#elements[@]} -gt 0 ] || { failed "no elements given"; return; }
-    rm -rf "$dir/elements"
-    if ! { mkdir -p "$dir/elements" && tar -xzf "$dir/elements.tar.gz" -C "$dir/elements"; }; then
+    if ! tar -xzf "$dir/elements.tar.gz" -C "$dir"; then
         failed "could not unpack $dir/elements.tar.gz"
         return
     fi
     # The elements' output goes to cloud-init's log and console as it comes.
-    bash "$dir/elements/run-elements" --env-file "$dir/build.env" "${elements[@]}" 2>&1 \
+    bash "$dir/run-elements" --env-file "$dir/build.env" "${elements[@]}" 2>&1 \
         | tee "$dir/run-elements.log"
     line=$(grep '^BAKERY-RESULT ' "$dir/run-elements.log" | tail -n 1)
     if [ -z "$line" ]; then

@@ -1,10 +1,13 @@
-"""The user-data of a cloud builder VM: what `invoke bake` boots from the cloud's base image.
+"""The user-data of a builder: what `invoke bake` boots from the cloud's base image, and what
+the local bake runs in its tree the same way.
 
-It carries the same staging the local builder puts into its tree (`scripts/run-elements`, its
-helpers, the definition's elements, the Patroni lock) as one gzipped tarball, the build's
-inputs as a plain `build.env` (readable in the server's user-data: no secret is ever in it),
-and `cloud-init/builder-run.sh`, which runs the elements, prints the BAKERY-RESULT line to the
-console and powers the VM off.
+It carries the staging of `run-elements` (the runner, its helpers, the definition's elements,
+the Patroni lock) as one gzipped tarball, the build's inputs as a plain `build.env` (readable in
+the server's user-data: no secret is ever in it), and `cloud-init/builder-run.sh`, which
+unpacks and runs the elements, prints the BAKERY-RESULT line to the console and powers the VM
+off. The local bake writes these files into its tree (`write_files_into`) and runs
+builder-run there without the power-off, so the cloud's payload is exercised on every local
+bake.
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from . import checks
 from .bundle import USER_DATA_LIMIT
 from .errors import BakeryError
-from .imagedef import LoadedDefinition
-from .localbuild import stage_elements
+from .imagedef import SCRIPTS_DIR, LoadedDefinition
 from .templating import PROJECT_ROOT, make_environment, render
 
 STAGING = "/run/bakery"  # tmpfs in the VM: nothing of the staging ends up in the snapshot
@@ -36,6 +41,30 @@ class BuilderUserData:
     @property
     def base64_size(self) -> int:
         return len(base64.b64encode(self.text.encode()))
+
+
+def stage_elements(
+    loaded: LoadedDefinition,
+    elements: list[str],
+    staging: Path,
+    env: dict[str, str],
+    consul_artifacts: Path | None = None,
+    extra: Path | None = None,
+) -> None:
+    """Lay out what `run-elements` needs in `staging` (/run/bakery in the target): the runner,
+    its helpers, the elements, the lock, optional artifacts, and build.env. The builder's
+    user-data carries the same layout (build.env apart) as its tarball."""
+    staging.mkdir(mode=0o700, parents=True)
+    shutil.copy2(SCRIPTS_DIR / "run-elements", staging / "run-elements")
+    shutil.copytree(SCRIPTS_DIR / "bin", staging / "bin")
+    for element in elements:
+        shutil.copytree(SCRIPTS_DIR / element, staging / element)
+    shutil.copy2(loaded.lock_path, staging / "patroni.lock")
+    if consul_artifacts is not None:
+        shutil.copytree(consul_artifacts, staging / "consul-artifacts")
+    if extra is not None:
+        shutil.copytree(extra, staging / "extra")
+    (staging / "build.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 
 def elements_tarball(loaded: LoadedDefinition, env: dict[str, str]) -> bytes:
@@ -73,7 +102,7 @@ def builder_user_data(
             f"image definition {loaded.name}: components.consul.artifacts_dir is for offline "
             "local builds; a cloud builder downloads Consul: remove artifacts_dir or set url"
         )
-    env = loaded.element_env(arch, build_id, lock_in_target=f"{STAGING}/elements/patroni.lock")
+    env = loaded.element_env(arch, build_id, lock_in_target=f"{STAGING}/patroni.lock")
     tarball = elements_tarball(loaded, env)
     write_files = [
         {
@@ -113,3 +142,23 @@ def builder_user_data(
             f"bytes in base64, over Nova's limit of {USER_DATA_LIMIT}"
         )
     return user_data
+
+
+def write_files_into(user_data: str, root: Path) -> list[Path]:
+    """Write the builder user-data's files below `root` as cloud-init's write_files does in
+    the VM (decoded, with their permissions; the local build runs as root, the owner). The
+    render tier checks this against cloud-init's own module."""
+    written = []
+    for entry in yaml.safe_load(user_data)["write_files"]:
+        path = Path(entry["path"])
+        if not path.is_relative_to(STAGING):
+            raise BakeryError(f"builder user-data writes {path}, outside {STAGING}")
+        content = entry["content"].encode()
+        if entry.get("encoding") == "b64":
+            content = base64.b64decode(content)
+        target = root / path.relative_to("/")
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target.write_bytes(content)
+        target.chmod(int(entry["permissions"], 8))
+        written.append(target)
+    return written

@@ -36,6 +36,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
+from .builderdata import STAGING, builder_user_data, stage_elements, write_files_into
 from .cleanup import Cleanup, interrupt_on_sigterm
 from .commands import CommandError, run_command
 from .errors import BakeryError, BuildError
@@ -48,7 +51,7 @@ from .hostfs import (
     overlay_changes,
     umount,
 )
-from .imagedef import SCRIPTS_DIR, LoadedDefinition, load_definition
+from .imagedef import LoadedDefinition, load_definition
 from .manifest import last_result, manifest_problems
 
 ROOT_LABEL = "bakery-root"
@@ -83,7 +86,6 @@ DPKG_EXCLUDES = [
 BASE_CACHE_MAX_AGE = dt.timedelta(days=7)
 HOST_TOOLS = ["mmdebstrap", "chroot", "mkfs.ext4", "sfdisk", "losetup", "extlinux", "qemu-img"]
 MBR_CANDIDATES = [Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin")]
-STAGING = "/run/bakery"
 
 
 @dataclass
@@ -191,7 +193,10 @@ class Builder:
                     tarball = self._base_tarball()
                     self._unpack(tarball)
                 with self._timed("elements"):
-                    result_line = self.run_elements(self.tree, self.loaded.elements(), cleanup)
+                    if self.loaded.consul_artifacts_dir is None:
+                        result_line = self.run_as_cloud_builder(cleanup)
+                    else:  # offline Consul artifacts are staged from the host
+                        result_line = self.run_elements(self.tree, self.loaded.elements(), cleanup)
                 manifest = result_line.get("manifest")
                 if problems := manifest_problems(self.loaded, self.build_id, manifest):
                     raise BuildError("the image's manifest does not match: " + "; ".join(problems))
@@ -339,6 +344,19 @@ class Builder:
             else None,
         )
 
+    def run_as_cloud_builder(self, cleanup: Cleanup) -> dict:
+        """Run the elements as a cloud builder VM does: the files of the builder's user-data
+        written into the tree's /run/bakery, then its builder-run (without the power-off)."""
+        user_data = builder_user_data(self.loaded, self.build_id, self.arch)
+        with chroot_mounts(self.tree, cleanup, self.run):  # /run is a fresh tmpfs in there
+            write_files_into(user_data.text, self.tree)
+            (self.out / "elements.env").write_text(
+                "".join(f"{k}={v}\n" for k, v in user_data.env.items())
+            )
+            (runner,) = yaml.safe_load(user_data.text)["runcmd"]
+            command = ["chroot", str(self.tree), *runner, "--no-poweroff", "--console", "/dev/null"]
+            return self._run_in_tree(command)
+
     def run_elements(
         self,
         tree: Path,
@@ -372,15 +390,20 @@ class Builder:
                 f"{STAGING}/build.env",
                 *elements,
             ]
-            clean_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-            if os.environ.get("BAKERY_DEBUG_TRACE"):
-                clean_env["BAKERY_DEBUG_TRACE"] = os.environ["BAKERY_DEBUG_TRACE"]
-            try:
-                output = self.run(command, timeout=self.elements_timeout, env=clean_env)
-            except BuildError as error:
-                raise BuildError(f"elements failed in {tree}: {error}") from None
-            finally:
-                kill_processes_in(tree, self.log)
+            return self._run_in_tree(command, tree)
+
+    def _run_in_tree(self, command: list[str], tree: Path | None = None) -> dict:
+        """Run a chroot command with a clean environment; return its BAKERY-RESULT object."""
+        tree = tree or self.tree
+        clean_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        if os.environ.get("BAKERY_DEBUG_TRACE"):
+            clean_env["BAKERY_DEBUG_TRACE"] = os.environ["BAKERY_DEBUG_TRACE"]
+        try:
+            output = self.run(command, timeout=self.elements_timeout, env=clean_env)
+        except BuildError as error:
+            raise BuildError(f"elements failed in {tree}: {error}") from None
+        finally:
+            kill_processes_in(tree, self.log)
         return _result_line(output)
 
     def _check_clean_tree(self) -> None:
@@ -477,30 +500,6 @@ class Builder:
         self.run(["mount", loop, str(mnt)], timeout=60)
         cleanup.push(f"mount {mnt} (umount {mnt})", lambda: umount(mnt, self.run))
         self.run(["extlinux", "--install", str(mnt / "boot/extlinux")], timeout=120)
-
-
-def stage_elements(
-    loaded: LoadedDefinition,
-    elements: list[str],
-    staging: Path,
-    env: dict[str, str],
-    consul_artifacts: Path | None = None,
-    extra: Path | None = None,
-) -> None:
-    """Lay out what `run-elements` needs in `staging` (/run/bakery in the target): the runner,
-    its helpers, the elements, the lock, optional artifacts, and build.env. The cloud bake puts
-    the same layout into its builder VM."""
-    staging.mkdir(mode=0o700, parents=True)
-    shutil.copy2(SCRIPTS_DIR / "run-elements", staging / "run-elements")
-    shutil.copytree(SCRIPTS_DIR / "bin", staging / "bin")
-    for element in elements:
-        shutil.copytree(SCRIPTS_DIR / element, staging / element)
-    shutil.copy2(loaded.lock_path, staging / "patroni.lock")
-    if consul_artifacts is not None:
-        shutil.copytree(consul_artifacts, staging / "consul-artifacts")
-    if extra is not None:
-        shutil.copytree(extra, staging / "extra")
-    (staging / "build.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 
 def rerun_elements(build_dir: Path, definition: str | Path, workdir: Path) -> list[str]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
 import tarfile
 
 import pytest
 import yaml
 
-from bakery.builderdata import builder_user_data
+from bakery.builderdata import builder_user_data, write_files_into
 from bakery.checks import parse_envfile
 from bakery.imagedef import load_definition
 from tests.render.validators import cloud_init_schema
@@ -40,3 +41,44 @@ def test_builder_user_data_is_valid_cloud_config_with_the_whole_staging(tmp_path
     # The runner gets the build id and the elements, in the definition's order.
     (runcmd,) = yaml.safe_load(user_data.text)["runcmd"]
     assert runcmd == ["/run/bakery/builder-run", "--build-id", BUILD_ID, *loaded.elements()]
+
+
+_CLOUD_INIT_WRITE_FILES = """
+import sys, yaml
+from cloudinit.config.cc_write_files import write_files
+root, user_data = sys.argv[1], open(sys.argv[2]).read()
+files = yaml.safe_load(user_data)["write_files"]
+for entry in files:
+    entry["path"] = root + entry["path"]
+write_files("write_files", files, "root:root")
+"""
+
+
+def test_the_local_bake_writes_the_builder_files_as_cloud_init_does(tmp_path):
+    """The local bake runs the builder's payload through `write_files_into`; the VM's
+    cloud-init writes it with its own module. Both must give the same bytes and modes."""
+    user_data = builder_user_data(load_definition("local-test"), BUILD_ID, "amd64")
+    (tmp_path / "user-data").write_text(user_data.text)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    write_files_into(user_data.text, ours)
+    subprocess.run(
+        [
+            "/usr/bin/python3",
+            "-c",
+            _CLOUD_INIT_WRITE_FILES,
+            str(theirs),
+            str(tmp_path / "user-data"),
+        ],
+        check=True,
+        timeout=60,
+    )
+
+    def files(root):
+        return {
+            p.relative_to(root): (p.read_bytes(), p.stat().st_mode & 0o7777)
+            for p in root.rglob("*")
+            if p.is_file()
+        }
+
+    assert files(ours) == files(theirs)
+    assert len(files(ours)) == 3
