@@ -248,6 +248,17 @@ class Cluster:
 
         return wait_for("one leader and a streaming replica", probe, timeout)
 
+    def heal(self, timeout: float = 120) -> tuple[str, str]:
+        """Undo what an earlier test did to the cluster (a cut link, a killed node), then wait
+        for one leader and a streaming replica; returns (leader, replica). Each test starts
+        here, so none depends on what ran before it."""
+        for node in self.nodes.values():
+            self.net.restore(node.host.name)
+            if not node.running():
+                node.kill9()  # whatever is left of it: a lone postgres, a nebula
+                node.start()
+        return self.wait_healthy(timeout)
+
     def write_probe(self, name: str) -> bool:
         """One committed write on `name` from the client's side of the overlay."""
         res = self.psql.run(

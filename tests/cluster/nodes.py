@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bundle import NodeBundle, parse_envfile, place
 from netns import Host
-from processes import Started, Supervisor, minimal_env
+from processes import Started, Supervisor, alive, minimal_env
 
 from bakery.bundle import service_commands
 from tests.owned_netns import kill_processes_in, ns_inode, ns_path, pids_in_netns
@@ -201,6 +201,13 @@ class Node:
         self.start_nebula()
         self.wait_overlay()
         self.start_patroni()
+
+    def running(self) -> bool:
+        """Both services up: nebula, and patroni (which keeps PostgreSQL running)."""
+        return all(
+            name in self.services and alive(self.services[name].pid, self.services[name].started)
+            for name in ("nebula", "patroni")
+        )
 
     def wait_overlay(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
