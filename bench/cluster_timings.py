@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))
+ROOT = Path(__file__).resolve().parents[1]
+# The harness's own modules, and the `tests` package it shares with the other tiers.
+sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT)]
 
 from harness import Cluster, WriterLog, wait_for  # noqa: E402
 

@@ -2,19 +2,20 @@
 
 BAKERY_CLOUD_KEEP=1 uses a stack that is already up (`python -m tests.cloud.stack up`) or leaves
 the one it starts running, for quick reruns; by default the fixture starts a fresh stack and
-stops it at the end, also when tests fail, then checks that nothing of it is left.
+stops it at the end, also when tests fail or on SIGTERM, then checks that nothing of it is left.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import openstack
 import openstack.config
 import pytest
+
+from tests.sigterm import teardown_first
 
 from .stack import Stack
 
@@ -44,15 +45,10 @@ def _running(stack: Stack) -> bool:
     )
 
 
-def _sigterm(_signum, _frame):
-    raise KeyboardInterrupt("SIGTERM")  # so that the fixture's finally stops the stack
-
-
 @pytest.fixture(scope="session")
 def cloud(request) -> CloudTier:
     stack = Stack()
     keep = os.environ.get("BAKERY_CLOUD_KEEP") == "1"
-    previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         if keep and _running(stack):
             info = {**stack.info(), "reused": True}
@@ -67,13 +63,12 @@ def cloud(request) -> CloudTier:
             info=info,
         )
     finally:
-        try:
+        # A SIGTERM (tests/conftest.py) lands here as KeyboardInterrupt, or waits for the stop.
+        with teardown_first():
             if not keep:
                 stack.down()
                 left = stack.supervisor.leftovers()
                 assert not any(left.values()), f"the cloud stack left behind: {left}"
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _report(config, info: dict) -> None:

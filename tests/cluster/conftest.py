@@ -1,14 +1,14 @@
 """Cluster tier fixtures: one real two-node cluster per test module, torn down by PID.
 
-Teardown runs whatever happened in the tests (also on Ctrl-C and SIGTERM), then checks that no
-process, namespace, link or mount of the run is left; a leak fails the tier.
+Teardown runs whatever happened in the tests (also on Ctrl-C and SIGTERM: tests/sigterm.py),
+then checks that no process, namespace, link or mount of the run is left; a leak fails the tier.
+Namespaces of earlier runs killed before their teardown are swept first (tests/owned_netns.py).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +19,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import FACTS, RUNS, Cluster  # noqa: E402
-from processes import sweep_stale  # noqa: E402
+
+from tests.owned_netns import report_sweep  # noqa: E402
+from tests.sigterm import teardown_first  # noqa: E402
 
 REQUIRED = [
     "/opt/patroni/bin/patroni",
@@ -39,14 +41,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     missing = [p for p in REQUIRED if not os.path.exists(p)]
     if missing:
         pytest.exit(f"missing {missing}: run tests/cluster/setup first", returncode=2)
-    for line in sweep_stale():
-        print(f"cluster tier: cleaned up after an earlier run: {line}", file=sys.stderr)
-
-    # A CI timeout sends SIGTERM: turn it into KeyboardInterrupt so fixtures still tear down.
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, _terminate)
+    report_sweep("cluster")
 
 
 def make_cluster(
@@ -64,13 +59,14 @@ def make_cluster(
         )
         yield cluster
     finally:
-        problems = cluster.teardown()
-        _leaks.extend(problems)
-        if problems or request.session.testsfailed != failed_before:
-            print(f"\ncluster tier: files of run {cluster.run_id} kept in {cluster.base}")
-        else:
-            shutil.rmtree(cluster.base, ignore_errors=True)
-        assert not problems, f"the harness left things behind: {problems}"
+        with teardown_first():
+            problems = cluster.teardown()
+            _leaks.extend(problems)
+            if problems or request.session.testsfailed != failed_before:
+                print(f"\ncluster tier: files of run {cluster.run_id} kept in {cluster.base}")
+            else:
+                shutil.rmtree(cluster.base, ignore_errors=True)
+            assert not problems, f"the harness left things behind: {problems}"
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +92,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     tr.write_line(f"cluster tier wall time: {time.monotonic() - _started:.1f} s")
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own teardown of what an interrupt left set up
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # Once more at the very end: nothing of any run of this session may remain.
     for run in RUNS:

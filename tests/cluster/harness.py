@@ -6,9 +6,7 @@ Used by the tests (fixtures in conftest.py) and by bench/cluster_timings.py.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -20,11 +18,13 @@ from typing import Any, TypeVar
 
 from bundle import render, settings_of, write_config
 from infra import Infra
-from netns import Network, ns_path, pids_in_netns
+from netns import Network
 from nodes import PG_BIN, Node
 from pgclient import Psql
-from processes import Started, Supervisor, alive, minimal_env, wait_gone
+from processes import Started, Supervisor, alive, minimal_env
 from restapi import RestApi
+
+from tests.owned_netns import ns_path, owned_name, pids_in_netns
 
 T = TypeVar("T")
 # Every cluster of this process, for the session's final leak check, and measured figures.
@@ -85,7 +85,8 @@ class WriterLog:
 
 
 def new_run_id() -> str:
-    return "bkt" + secrets.token_hex(3)
+    """`bkt-<pid>-<6 hex>`: the prefix of the run's namespaces, which name their owner."""
+    return owned_name("t")
 
 
 # What psql says when the server takes no connection at all, so no write either.
@@ -117,7 +118,7 @@ class Cluster:
             if not os.stat(d).st_mode & 0o001:
                 raise RuntimeError(f"{d} is not searchable by others: postgres cannot reach {d}")
         (self.base / "logs").mkdir()
-        self.sup = Supervisor(self.run_id, self.base / "logs")
+        self.sup = Supervisor(self.base / "logs")
         self.net = Network(self.run_id)
         RUNS.append(self)
 
@@ -137,8 +138,6 @@ class Cluster:
         if dcs_member != lighthouse["overlay_address"]:
             raise ValueError("cluster.yaml: the etcd member must sit at the lighthouse's address")
         self.net.create_switch()
-        self.sup.netns = self.net.namespaces()
-        self.sup.save()
         dcs = self.net.add_host("dcs", DCS_UNDERLAY)
         self.net.add_host("out", OUTSIDER_UNDERLAY)
         for bundle in self.bundles:
@@ -146,8 +145,6 @@ class Cluster:
             node = Node(bundle, host, self.base / "nodes" / bundle.name, self.sup)
             node.lay_out()
             self.nodes[bundle.name] = node
-        self.sup.netns = self.net.namespaces()
-        self.sup.save()
         prefix = int(overlay["cidr"].split("/")[1])
         state = Path(self.settings["state_dir"])
         self.infra = Infra(
@@ -251,6 +248,17 @@ class Cluster:
 
         return wait_for("one leader and a streaming replica", probe, timeout)
 
+    def heal(self, timeout: float = 120) -> tuple[str, str]:
+        """Undo what an earlier test did to the cluster (a cut link, a killed node), then wait
+        for one leader and a streaming replica; returns (leader, replica). Each test starts
+        here, so none depends on what ran before it."""
+        for node in self.nodes.values():
+            self.net.restore(node.host.name)
+            if not node.running():
+                node.kill9()  # whatever is left of it: a lone postgres, a nebula
+                node.start()
+        return self.wait_healthy(timeout)
+
     def write_probe(self, name: str) -> bool:
         """One committed write on `name` from the client's side of the overlay."""
         res = self.psql.run(
@@ -338,18 +346,9 @@ class Cluster:
                     problems.append(f"stopping patroni on {node.name}: {error}")
         still = self.sup.kill_all()
         problems += [f"recorded process {pid} survived SIGKILL" for pid in still]
-        # Postgres children and anything else started inside the namespaces.
-        for name, inode in self.net.inodes.items():
-            pids = [(pid, None) for pid in pids_in_netns(inode)]
-            for pid, _ in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            left = wait_gone(pids, 5)
-            problems += [f"process {pid} in {name} survived SIGKILL" for pid in left]
+        # Postgres children and anything else started inside go with the namespaces.
         problems += self.net.delete()
         problems += self.leaks()
-        if not problems:
-            self.sup.state_file.unlink(missing_ok=True)
         return problems
 
     def leaks(self) -> list[str]:
@@ -358,9 +357,10 @@ class Cluster:
         for p in self.sup.procs:
             if alive(p.pid, p.started):
                 found.append(f"process {p.pid} ({p.name}) alive")
-        for name, inode in self.net.inodes.items():
+        for name in self.net.created:
             if os.path.exists(ns_path(name)):
                 found.append(f"namespace {name} exists")
+        for name, inode in self.net.inodes.items():
             found += [f"process {pid} in namespace {name}" for pid in pids_in_netns(inode)]
         base = str(self.base)
         for pid in os.listdir("/proc"):

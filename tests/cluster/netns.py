@@ -13,7 +13,8 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-NETNS_DIR = "/run/netns"
+from tests.owned_netns import ns_inode, ns_path, remove
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -22,31 +23,6 @@ def run(*argv: str, timeout: float = 30, check: bool = True) -> subprocess.Compl
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, check=check, stdin=subprocess.DEVNULL
     )
-
-
-def ns_path(name: str) -> str:
-    return os.path.join(NETNS_DIR, name)
-
-
-def ns_inode(path: str) -> int | None:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
-
-
-def pids_in_netns(inode: int) -> list[int]:
-    """Every process whose network namespace is `inode` (postgres children included)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
-                found.append(int(entry))
-        except OSError:
-            continue  # exited meanwhile
-    return found
 
 
 @contextlib.contextmanager
@@ -81,16 +57,17 @@ class Network:
     run_id: str
     prefix_len: int = 24
     hosts: dict[str, Host] = field(default_factory=dict)
+    # Every namespace asked for, recorded before `ip netns add`: one whose creation was cut
+    # short (an error, an interrupt) is deleted too.
+    created: list[str] = field(default_factory=list)
     inodes: dict[str, int] = field(default_factory=dict)
 
     @property
     def switch(self) -> str:
         return f"{self.run_id}-sw"
 
-    def namespaces(self) -> list[str]:
-        return [self.switch, *(h.netns for h in self.hosts.values())]
-
     def _add_ns(self, name: str) -> None:
+        self.created.append(name)
         run("ip", "netns", "add", name)
         self.inodes[name] = ns_inode(ns_path(name))
         run("ip", "-n", name, "link", "set", "lo", "up")
@@ -133,11 +110,9 @@ class Network:
         run("ip", "-n", self.hosts[name].netns, "link", "set", "eth0", "up")
 
     def delete(self) -> list[str]:
-        """Delete every namespace of the run; returns the errors instead of stopping at one."""
+        """Kill what still runs in each namespace of the run, delete them all (the veths and the
+        bridge go with them); returns the errors instead of stopping at one."""
         errors = []
-        for name in reversed(self.namespaces()):
-            if os.path.exists(ns_path(name)):
-                res = run("ip", "netns", "delete", name, check=False)
-                if res.returncode != 0:
-                    errors.append(f"ip netns delete {name}: {res.stderr.strip()}")
+        for name in reversed(self.created):
+            errors += remove(name)
         return errors

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundle import NodeBundle, parse_envfile, place
-from netns import Host, ns_inode, ns_path, pids_in_netns
-from processes import Started, Supervisor, kill, minimal_env, start_time, wait_gone
+from netns import Host
+from processes import Started, Supervisor, alive, minimal_env
 
 from bakery.bundle import service_commands
+from tests.owned_netns import kill_processes_in, ns_inode, ns_path, pids_in_netns
 
 PG_MAJOR = 14
 PG_BIN = f"/usr/lib/postgresql/{PG_MAJOR}/bin"
@@ -201,6 +202,13 @@ class Node:
         self.wait_overlay()
         self.start_patroni()
 
+    def running(self) -> bool:
+        """Both services up: nebula, and patroni (which keeps PostgreSQL running)."""
+        return all(
+            name in self.services and alive(self.services[name].pid, self.services[name].started)
+            for name in ("nebula", "patroni")
+        )
+
     def wait_overlay(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
         while True:
@@ -213,24 +221,23 @@ class Node:
 
     def processes(self) -> list[int]:
         """Every process running in the node's network namespace, except the holder."""
-        inode = ns_inode(ns_path(self.host.netns))
-        holder = self.holder.pid if self.holder else None
-        return [pid for pid in pids_in_netns(inode) if pid != holder]
+        return [pid for pid in pids_in_netns(self._inode()) if pid not in self._spared()]
+
+    def _inode(self) -> int:
+        return ns_inode(ns_path(self.host.netns))
+
+    def _spared(self) -> tuple[int, ...]:
+        return (self.holder.pid,) if self.holder else ()
 
     def kill9(self) -> float:
         """Power loss of the services: SIGKILL every process of the node at once.
 
-        Returns the monotonic time of the kill. Repeats until none is left, because a process
-        can fork between the scan and the kill (e.g. Patroni starting a psql).
+        Returns the monotonic time of the kill.
         """
         t = time.monotonic()
-        deadline = t + 10
-        while pids := [(p, start_time(p)) for p in self.processes()]:
-            for pid, st in pids:
-                kill(pid, st, signal.SIGKILL)
-            wait_gone(pids, 2)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: processes survive SIGKILL: {self.processes()}")
+        survivors = kill_processes_in(self._inode(), timeout=10, spare=self._spared())
+        if survivors:
+            raise RuntimeError(f"{self.name}: processes survive SIGKILL: {survivors}")
         self.sup.reap()
         self.services.clear()
         return t

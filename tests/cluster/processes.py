@@ -1,24 +1,19 @@
 """Start processes inside a host's namespaces and end them by PID, whatever happened.
 
-Every PID the harness starts is recorded with its start time (so a reused PID is never killed)
-in a state file under /run/bakery-test, which also lets a later run clean up after one that was
-killed before its teardown could run.
+Every PID the harness starts is recorded with its start time, so a reused PID is never killed.
+All of them run inside the run's namespaces: after a run killed before its teardown, the next
+session's sweep (tests/owned_netns.py) ends them with their namespaces.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from netns import ns_inode, ns_path, pids_in_netns, run
-
-STATE_DIR = Path("/run/bakery-test")
 
 
 def start_time(pid: int) -> int | None:
@@ -77,25 +72,8 @@ class Started:
 class Supervisor:
     """Owns every process of one test run."""
 
-    run_id: str
     log_dir: Path
     procs: list[Started] = field(default_factory=list)
-    netns: list[str] = field(default_factory=list)
-
-    @property
-    def state_file(self) -> Path:
-        return STATE_DIR / f"{self.run_id}.json"
-
-    def save(self) -> None:
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
-        state = {
-            "owner": [os.getpid(), start_time(os.getpid())],
-            "pids": [[p.pid, p.started] for p in self.procs],
-            "netns": self.netns,
-        }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.state_file)
 
     def start(
         self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/"
@@ -113,7 +91,6 @@ class Supervisor:
             )
         proc = Started(name, popen, start_time(popen.pid), log)
         self.procs.append(proc)
-        self.save()
         return proc
 
     def stop(self, proc: Started, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
@@ -148,32 +125,3 @@ def minimal_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
-
-
-def sweep_stale() -> list[str]:
-    """End what runs killed before their teardown left behind: their own PIDs and namespaces."""
-    done = []
-    if not STATE_DIR.is_dir():
-        return done
-    for file in STATE_DIR.glob("bkt*.json"):
-        try:
-            state = json.loads(file.read_text())
-        except (OSError, ValueError):
-            continue
-        owner, owner_start = state["owner"]
-        if alive(owner, owner_start):
-            continue  # another run still going: not ours to touch
-        for pid, st in state["pids"]:
-            if kill(pid, st):
-                done.append(f"killed {pid}")
-        for name in state["netns"]:
-            inode = ns_inode(ns_path(name))
-            if inode is None:
-                continue
-            for pid in pids_in_netns(inode):
-                kill(pid, None)
-                done.append(f"killed {pid} in {name}")
-            run("ip", "netns", "delete", name, check=False)
-            done.append(f"deleted {name}")
-        file.unlink()
-    return done

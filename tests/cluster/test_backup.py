@@ -14,7 +14,7 @@ DIGEST = "SELECT count(*) || ':' || md5(string_agg(g || '=' || v, ',' ORDER BY g
 
 
 def test_full_backup_and_restore_into_a_scratch_directory(cluster: Cluster):
-    leader, _ = cluster.wait_healthy()
+    leader, _ = cluster.heal()
     node = cluster.node(leader)
     stanza = cluster.settings["cluster"]["scope"]
 

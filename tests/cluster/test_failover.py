@@ -1,6 +1,7 @@
 """Scenarios 1-5 on one cluster with the shipped Patroni defaults (ttl 30, loop_wait 10,
 retry_timeout 10): bootstrap, kill -9 of the leader, rejoin through pg_rewind, network cut,
-planned switchover. Each test starts from a healthy cluster, whatever the one before left.
+planned switchover. Each test starts from a healthy cluster (`Cluster.heal`), whatever the one
+before left, and asserts only on rows of its own table: any one of them passes alone.
 """
 
 from __future__ import annotations
@@ -15,28 +16,32 @@ TTL, LOOP_WAIT = 30, 10
 FAILOVER_LIMIT = TTL + LOOP_WAIT + 30
 
 
-CREATE_STORY = (
-    "CREATE TABLE IF NOT EXISTS bkt_story (id serial PRIMARY KEY, note text NOT NULL,"
-    " at timestamptz NOT NULL DEFAULT clock_timestamp());"
-)
+def new_table(cluster: Cluster, leader: str, table: str) -> None:
+    """The test's own table, empty: it asserts only on rows it wrote itself."""
+    cluster.psql.query(
+        cluster.node(leader).target,
+        f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (note text PRIMARY KEY)",
+    )
 
 
-def write_row(cluster: Cluster, leader: str, note: str) -> None:
-    insert = f"INSERT INTO bkt_story (note) VALUES ('{note}')"  # noqa: S608 - fixed test notes
-    cluster.psql.query(cluster.node(leader).target, CREATE_STORY + insert)
+def write_row(cluster: Cluster, leader: str, table: str, note: str) -> None:
+    insert = f"INSERT INTO {table} VALUES ('{note}')"  # noqa: S608 - fixed test names
+    cluster.psql.query(cluster.node(leader).target, insert)
 
 
-def notes(cluster: Cluster, name: str) -> set[str]:
-    out = cluster.psql.query(cluster.node(name).target, "SELECT note FROM bkt_story")
+def notes(cluster: Cluster, name: str, table: str) -> set[str]:
+    out = cluster.psql.query(cluster.node(name).target, f"SELECT note FROM {table}")  # noqa: S608
     return set(out.splitlines())
 
 
-def wait_replicated(cluster: Cluster, replica: str, note: str, timeout: float = 30) -> None:
-    wait_for(f"{note!r} on {replica}", lambda: note in notes(cluster, replica), timeout)
+def wait_replicated(
+    cluster: Cluster, replica: str, table: str, note: str, timeout: float = 30
+) -> None:
+    wait_for(f"{note!r} on {replica}", lambda: note in notes(cluster, replica, table), timeout)
 
 
 def test_bootstrap_elects_one_leader_and_one_streaming_replica(cluster: Cluster):
-    leader, replica = cluster.wait_healthy(60)
+    leader, replica = cluster.heal(60)
     members = cluster.members()
     assert sorted(m["role"] for m in members) == ["leader", "replica"]
     assert {m["name"] for m in members} == set(cluster.nodes)
@@ -45,14 +50,16 @@ def test_bootstrap_elects_one_leader_and_one_streaming_replica(cluster: Cluster)
     status = cluster.status(replica)
     assert status["replication_state"] == "streaming"
     assert cluster.status(leader)["role"] == "primary"
-    write_row(cluster, leader, "bootstrap")
-    wait_replicated(cluster, replica, "bootstrap")
+    new_table(cluster, leader, "bkt_bootstrap")
+    write_row(cluster, leader, "bkt_bootstrap", "bootstrap")
+    wait_replicated(cluster, replica, "bkt_bootstrap", "bootstrap")
 
 
 def test_kill9_of_the_leader_node_promotes_the_replica(cluster: Cluster):
-    leader, replica = cluster.wait_healthy()
-    write_row(cluster, leader, "before-kill")
-    wait_replicated(cluster, replica, "before-kill")
+    leader, replica = cluster.heal()
+    new_table(cluster, leader, "bkt_kill9")
+    write_row(cluster, leader, "bkt_kill9", "before-kill")
+    wait_replicated(cluster, replica, "bkt_kill9", "before-kill")
 
     killed_at = cluster.node(leader).kill9()
     assert cluster.node(leader).processes() == []
@@ -61,39 +68,39 @@ def test_kill9_of_the_leader_node_promotes_the_replica(cluster: Cluster):
 
     # A new leader in the DCS is not enough: it must take writes.
     took = cluster.wait_writable(new_leader, 30) - killed_at
-    write_row(cluster, new_leader, "after-failover")
+    write_row(cluster, new_leader, "bkt_kill9", "after-failover")
     FACTS.append(f"kill -9 of the leader -> new leader accepting writes: {took:.1f} s")
-    assert {"bootstrap", "before-kill", "after-failover"} <= notes(cluster, new_leader)
-    cluster.story = {"killed": leader}
+    assert notes(cluster, new_leader, "bkt_kill9") == {"before-kill", "after-failover"}
 
 
 def test_old_leader_comes_back_through_pg_rewind_and_streams(cluster: Cluster):
-    killed = getattr(cluster, "story", {}).get("killed")
-    if killed is None:  # run alone: make a crashed old leader first
-        leader, _ = cluster.wait_healthy()
-        cluster.node(leader).kill9()
-        cluster.wait_leader(FAILOVER_LIMIT, not_=leader)
-        killed = leader
-    node = cluster.node(killed)
-    log_before = len(cluster.patroni_log(killed))
+    leader, replica = cluster.heal()
+    new_table(cluster, leader, "bkt_rejoin")
+    write_row(cluster, leader, "bkt_rejoin", "before-crash")
+    wait_replicated(cluster, replica, "bkt_rejoin", "before-crash")
+    node = cluster.node(leader)
+    node.kill9()
+    cluster.wait_leader(FAILOVER_LIMIT, not_=leader)
+    cluster.wait_writable(replica, 30)
+    write_row(cluster, replica, "bkt_rejoin", "while-down")
+    log_before = len(cluster.patroni_log(leader))
 
     started = time.monotonic()
     node.start()
-    cluster.wait_streaming(120, name=killed)
+    cluster.wait_streaming(120, name=leader)
     FACTS.append(f"old leader back -> streaming: {time.monotonic() - started:.1f} s")
 
-    log = cluster.patroni_log(killed)[log_before:]
+    log = cluster.patroni_log(leader)[log_before:]
     assert "running pg_rewind from" in log
     assert "pg_rewind exit code=0" in log
-    leader = cluster.leader()
-    assert leader != killed
-    write_row(cluster, leader, "after-rejoin")
-    wait_replicated(cluster, killed, "after-rejoin")
-    assert {"bootstrap", "before-kill", "after-failover"} <= notes(cluster, killed)
+    assert cluster.leader() == replica
+    write_row(cluster, replica, "bkt_rejoin", "after-rejoin")
+    wait_replicated(cluster, leader, "bkt_rejoin", "after-rejoin")
+    assert notes(cluster, leader, "bkt_rejoin") == {"before-crash", "while-down", "after-rejoin"}
 
 
 def test_network_cut_leader_demotes_before_the_other_node_promotes(cluster: Cluster):
-    leader, replica = cluster.wait_healthy()
+    leader, replica = cluster.heal()
     # Each node is asked over its own Unix socket, so the cut node can still be watched.
     # Only definite answers count as evidence (None, no answer, is ignored): each bound below is
     # then the conservative one.
@@ -131,7 +138,8 @@ def test_network_cut_leader_demotes_before_the_other_node_promotes(cluster: Clus
 
 
 def test_planned_switchover(cluster: Cluster):
-    leader, replica = cluster.wait_healthy()
+    leader, replica = cluster.heal()
+    new_table(cluster, leader, "bkt_switchover")
     started = time.monotonic()
     resp = cluster.switchover(leader, replica)
     assert resp.status == 200, resp.body
@@ -139,6 +147,6 @@ def test_planned_switchover(cluster: Cluster):
     assert cluster.leader() == replica
     took = cluster.wait_writable(replica, 30) - started
     FACTS.append(f"switchover -> new leader accepting writes: {took:.1f} s")
-    write_row(cluster, replica, "after-switchover")
+    write_row(cluster, replica, "bkt_switchover", "after-switchover")
     cluster.wait_streaming(120, name=leader)
-    wait_replicated(cluster, leader, "after-switchover")
+    wait_replicated(cluster, leader, "bkt_switchover", "after-switchover")

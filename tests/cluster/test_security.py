@@ -15,7 +15,7 @@ from pgclient import Psql
 
 
 def test_switchover_without_credentials_is_refused(cluster: Cluster):
-    leader, replica = cluster.wait_healthy()
+    leader, replica = cluster.heal()
     address = cluster.node(leader).address
     body = {"leader": leader, "candidate": replica}
 
@@ -35,7 +35,7 @@ def test_switchover_without_credentials_is_refused(cluster: Cluster):
 
 
 def test_non_tls_connection_from_the_cluster_network_is_refused(cluster: Cluster):
-    leader, _ = cluster.wait_healthy()
+    leader, _ = cluster.heal()
     target = cluster.node(leader).target
     plain = cluster.psql.run(target, "SELECT 1", sslmode="disable")
     assert plain.returncode != 0
@@ -45,7 +45,7 @@ def test_non_tls_connection_from_the_cluster_network_is_refused(cluster: Cluster
 
 
 def test_md5_login_from_the_cluster_network_is_refused(cluster: Cluster):
-    leader, _ = cluster.wait_healthy()
+    leader, _ = cluster.heal()
     target = cluster.node(leader).target
     md5_pw, scram_pw = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     # Through stdin, so the passwords never appear on a command line.
@@ -74,7 +74,7 @@ def test_md5_login_from_the_cluster_network_is_refused(cluster: Cluster):
 
 
 def test_connection_from_outside_the_configured_networks_is_refused(cluster: Cluster):
-    leader, _ = cluster.wait_healthy()
+    leader, _ = cluster.heal()
     node = cluster.node(leader)
     outsider = cluster.net.hosts["out"]
     # The outsider sits on the underlay (198.18.0.99) and routes straight to the node's
@@ -97,7 +97,7 @@ def test_connection_from_outside_the_configured_networks_is_refused(cluster: Clu
 
 def test_admin_role_from_post_bootstrap_logs_in_with_its_password(cluster: Cluster):
     """The node only ever saw the admin's SCRAM verifier; the password itself works."""
-    leader, _ = cluster.wait_healthy()
+    leader, _ = cluster.heal()
     target = cluster.node(leader).target
     admin_password = (Path(cluster.settings["state_dir"]) / "secrets" / "admin").read_text().strip()
     admin = dataclasses.replace(cluster.psql, user="admin", password=admin_password)

@@ -14,7 +14,7 @@ TABLE = "bkt_acked"
 
 def test_no_acknowledged_commit_is_lost_when_the_leader_is_killed(sync_cluster: Cluster):
     c = sync_cluster
-    leader, replica = c.wait_healthy()
+    leader, replica = c.heal()
 
     def sync_standby() -> bool:
         return any(m["name"] == replica and m["role"] == "sync_standby" for m in c.members() or [])

@@ -5,6 +5,7 @@ The build goes to build/image-test/ (git-ignored); the mmdebstrap base is cached
 ~/.cache/bakery (BAKERY_CACHE_DIR), keyed by its inputs, and rebuilt when missing. Set
 BAKERY_IMAGE_REUSE=1 to reuse a finished build with the same inputs hash (development only).
 Wall times are printed in the terminal summary and written to build/image-test/bench.json.
+Namespaces of earlier runs killed before their teardown are swept first (tests/owned_netns.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ import yaml
 
 from bakery import localbuild
 from bakery.imagedef import PROJECT_ROOT, load_definition
+from tests.owned_netns import report_sweep
+from tests.sigterm import teardown_first
 
 HERE = Path(__file__).resolve().parent
 BUILD_ROOT = harness.BUILD_ROOT
 DEFINITION = PROJECT_ROOT / "images" / "local-test.yaml"
 FIGURES = harness.FIGURES
+
+
+def pytest_sessionstart(session):
+    report_sweep("image")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -131,9 +138,10 @@ def guest(built, rendered):
         FIGURES["boot to Patroni leader"] = f"{leader:.1f} s"
         yield machine
     finally:
-        problems = machine.close()
-        FIGURES["boot test total"] = f"{time.monotonic() - machine.started:.0f} s"
-        assert not problems, f"left behind: {problems}"
+        with teardown_first():
+            problems = machine.close()
+            FIGURES["boot test total"] = f"{time.monotonic() - machine.started:.0f} s"
+            assert not problems, f"left behind: {problems}"
 
 
 def _wait_leader(machine: harness.Guest, rendered: dict, timeout: float) -> float:

@@ -2,7 +2,9 @@
 QEMU (TCG) on a tap device, a NoCloud seed, and the QEMU guest agent to look inside the guest.
 
 Everything created is recorded and removed by `close()`, also on failure: QEMU and etcd are
-killed by PID, the namespace (with its bridge and tap) deleted. Traffic stays inside the
+killed by PID, then anything else left in the namespace, and the namespace (with its bridge and
+tap) deleted. Its name carries the owning process's PID, so a later session sweeps it if this
+one is killed before `close()` (tests/owned_netns.py). Traffic stays inside the
 namespace: the guest, etcd and the test's curl calls all live on its bridge.
 """
 
@@ -19,6 +21,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests import owned_netns
+from tests.sigterm import teardown_first
 
 # Figures for the terminal summary and build/image-test/bench.json (filled by the tests).
 FIGURES: dict[str, object] = {}
@@ -148,7 +153,6 @@ class Guest:
     qemu_pid: int | None = None
     etcd_pid: int | None = None
     marks: dict[str, float] = field(default_factory=dict)
-    _created_netns: bool = False
 
     def console_text(self) -> str:
         return self.console.read_text(errors="replace") if self.console.exists() else ""
@@ -186,13 +190,8 @@ class Guest:
             except Exception as error:  # noqa: BLE001 - report, go on
                 problems.append(f"{name} {pid}: {error}")
             setattr(self, name, None)
-        if self._created_netns:
-            for device in ("tap0", "br0"):
-                run(["ip", "netns", "exec", self.netns, "ip", "link", "del", device], check=False)
-            proc = run(["ip", "netns", "del", self.netns], check=False)
-            if proc.returncode != 0:
-                problems.append(f"netns {self.netns}: {proc.stderr.strip()}")
-            self._created_netns = False
+        # The tap and the bridge go with the namespace (checked: none is left on the host).
+        problems += owned_netns.remove(self.netns)
         return problems
 
 
@@ -247,7 +246,7 @@ def boot(
 ) -> Guest:
     """Start etcd and the guest inside a new network namespace. Call `close()` afterwards."""
     workdir.mkdir(parents=True, exist_ok=True)
-    netns = f"bkimg{os.getpid()}"
+    netns = owned_netns.owned_name("img")
     console = workdir / "console.log"
     console.unlink(missing_ok=True)
     agent_path = workdir / "qga.sock"
@@ -256,7 +255,6 @@ def boot(
     try:
         seed = make_seed(workdir, user_data, instance_id)
         run(["ip", "netns", "add", netns])
-        guest._created_netns = True
         for command in (
             ["ip", "link", "set", "lo", "up"],
             ["ip", "link", "add", "br0", "type", "bridge"],
@@ -305,7 +303,8 @@ def boot(
             raise RuntimeError(f"QEMU failed to start: {(workdir / 'qemu.log').read_text()}")
         return guest
     except BaseException:
-        guest.close()
+        with teardown_first():
+            guest.close()
         raise
 
 

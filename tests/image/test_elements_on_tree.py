@@ -152,8 +152,14 @@ def test_interrupted_build_releases_mounts_and_loop_devices(built, tmp_path, sig
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            # The test was interrupted: SIGTERM lets the build release its mounts; SIGKILL would
+            # leave them.
+            proc.terminate()
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     assert hostfs.mounts_under(out) == []

@@ -1,8 +1,11 @@
-"""Render tier: shared renders of several configuration variants, and a size report."""
+"""Render tier: shared renders of several configuration variants, and a size report.
+Namespaces of earlier runs killed before their teardown are swept first (tests/owned_netns.py).
+"""
 
 import pytest
 
 from tests.helpers import base_config, invoke, merged, write_config
+from tests.owned_netns import report_sweep
 
 # Variants that together cover every switch of the bundle.
 VARIANTS = {
@@ -39,6 +42,10 @@ VARIANTS = {
 }
 S3_ENV = {"TEST_S3_KEY": "AKIA-test", "TEST_S3_SECRET": "s3-secret-value"}
 _sizes: list[tuple[str, str, int]] = []
+
+
+def pytest_sessionstart(session):
+    report_sweep("render")
 
 
 @pytest.fixture(scope="session", params=sorted(VARIANTS))

@@ -6,10 +6,10 @@ import contextlib
 import ipaddress
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 from bakery.checks import parse_envfile
+from tests.owned_netns import owned_name, remove
 
 PATRONI = Path(os.environ.get("BAKERY_TEST_PATRONI", "/opt/patroni/bin/patroni"))
 
@@ -18,9 +18,9 @@ PATRONI = Path(os.environ.get("BAKERY_TEST_PATRONI", "/opt/patroni/bin/patroni")
 def namespace(addresses: list[str]):
     """A network namespace whose loopback carries the node's and the DCS's addresses, so the
     validator can bind where the node will listen and reach a stand-in DCS port."""
-    name = f"bkr-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
+    name = owned_name("r")
     try:
+        subprocess.run(["ip", "netns", "add", name], check=True)
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         for address in addresses:
             if not ipaddress.ip_address(address).is_loopback:
@@ -29,7 +29,8 @@ def namespace(addresses: list[str]):
                 )
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+        left = remove(name)
+    assert not left, f"namespace {name} not removed: {left}"  # never hides the block's own error
 
 
 def validate_patroni(config: Path, env_file: Path, listen_on: list[tuple[str, int]]) -> str:
