@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from .builderdata import STAGING, builder_user_data, stage_elements, write_files_into
-from .cleanup import Cleanup, interrupt_on_sigterm
+from .cleanup import Cleanup, interrupt_on_sigterm, shielded_from_interrupts
 from .commands import CommandError, run_command
 from .errors import BakeryError, BuildError
 from .hostfs import (
@@ -206,7 +206,8 @@ class Builder:
                     raw, qcow2 = self._assemble(cleanup)
                 cleanup.run()
             finally:
-                cleanup.run()
+                with shielded_from_interrupts(self.log):
+                    cleanup.run()
                 if cleanup.leftovers:
                     self.log("left behind, remove by hand: " + "; ".join(cleanup.leftovers))
             manifest = result_line.get("manifest") or {}
