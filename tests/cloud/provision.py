@@ -201,21 +201,9 @@ def _environment(conn: openstack.connection.Connection, env: dict) -> dict:
                  if g.name == "default")  # fmt: skip
     image = conn.image.find_image(BASE_IMAGE)
     if image is None:
-        image = conn.image.create_image(
-            name=BASE_IMAGE,
-            data=io.BytesIO(b"bakery test base image\n"),
-            disk_format="raw",
-            container_format="bare",
-            visibility="private",
-            disable_vendor_agent=False,
-            **BASE_IMAGE_PROPERTIES,
-        )
+        image = upload_base_image(conn, BASE_IMAGE)
         conn.image.update_image(image.id, is_protected=True)
-    deadline = time.monotonic() + 60
-    while conn.image.get_image(image.id).status != "active":
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"base image {image.id} not active")
-        time.sleep(0.3)
+    wait_for_image(conn, image.id)
     return {
         "project": env["project"],
         "project_id": conn.current_project_id,
@@ -224,6 +212,29 @@ def _environment(conn: openstack.connection.Connection, env: dict) -> dict:
         "security_group_id": group.id,
         "image_id": image.id,
     }
+
+
+def upload_base_image(conn: openstack.connection.Connection, name: str, **properties: str):
+    """A private image with the SCS-style properties of a distribution's cloud image (and any
+    extra `properties`); a few bytes stand in for the disk."""
+    return conn.image.create_image(
+        name=name,
+        data=io.BytesIO(b"bakery test base image\n"),
+        disk_format="raw",
+        container_format="bare",
+        visibility="private",
+        disable_vendor_agent=False,
+        **{**BASE_IMAGE_PROPERTIES, **properties},
+    )
+
+
+def wait_for_image(conn: openstack.connection.Connection, image_id: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while (image := conn.image.get_image(image_id)).status != "active":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"image {image_id} not active after {timeout} s")
+        time.sleep(0.3)
+    return image
 
 
 def _cloud(layout: Layout, user: str, password: str, project: str) -> dict:

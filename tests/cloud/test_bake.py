@@ -7,7 +7,6 @@ both environments afterwards: released images with their properties, or nothing 
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 from bakery.imagedef import load_definition
 from tests.helpers import INVOKE, PROJECT
 
-from .provision import BASE_IMAGE_PROPERTIES
+from .provision import BASE_IMAGE_PROPERTIES, upload_base_image, wait_for_image
 from .workflow import (
     DEFINITION,
     cloud_env,
@@ -54,20 +53,8 @@ def _bake(cloud, config: Path, *args: str) -> subprocess.CompletedProcess:
 
 def _test_base(conn, mode: str):
     """A base image like the stack's, whose guest behaves as `mode` (see the guest driver)."""
-    image = conn.image.create_image(
-        name=TEST_BASE,
-        data=io.BytesIO(b"bakery test base image\n"),
-        disk_format="raw",
-        container_format="bare",
-        visibility="private",
-        **BASE_IMAGE_PROPERTIES,
-        bakery_test_mode=mode,
-    )
-    deadline = time.monotonic() + 60
-    while conn.image.get_image(image.id).status != "active":
-        assert time.monotonic() < deadline, "test base image not active"
-        time.sleep(0.3)
-    return image
+    image = upload_base_image(conn, TEST_BASE, bakery_test_mode=mode)
+    return wait_for_image(conn, image.id)
 
 
 def test_bake_releases_one_verified_image_per_environment(cloud, envs, tmp_path):
