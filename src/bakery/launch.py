@@ -284,13 +284,16 @@ class _Launch:
         fixed_ip: dict[str, str] = {"subnet_id": target.subnet.id}
         if configured is not None:
             fixed_ip["ip_address"] = str(configured)
+        groups: dict[str, Any] = {}  # none given: Neutron's default group of the project
+        if target.security_group_ids:
+            groups["security_groups"] = target.security_group_ids
         with cloud_errors(f"environment {target.environment}: creating port {name}"):
             port = conn.network.create_port(
                 name=name,
                 network_id=target.network.id,
                 fixed_ips=[fixed_ip],
-                security_groups=target.security_group_ids or None,
                 description=f"bakery node {node} of cluster {self.settings.cluster.scope}",
+                **groups,
             )
             conn.network.set_tags(port, [TAG, f"bakery-cluster-{self.settings.cluster.scope}"])
         self.log(f"{label}: port {name} {port.fixed_ips[0]['ip_address']}")

@@ -68,7 +68,7 @@ def test_launch_starts_each_node_in_its_az_with_its_own_bundle(
     cloud, envs, released, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(cloud.clouds_yaml))
-    config = _launch_config(cloud, tmp_path)
+    config = _launch_config(cloud, tmp_path, **{"azs.a.security_groups": ["default"]})
     result = launch(_settings(config), ["a", "b"], log=lambda line: None)
 
     admin = cloud.connect(cloud.admin_cloud)
@@ -88,6 +88,8 @@ def test_launch_starts_each_node_in_its_az_with_its_own_bundle(
         assert server.metadata["bakery_cluster"] == "patroni42"
         (port,) = _bakery_ports(conn)
         assert port.device_id == server.id
+        default = conn.network.find_security_group("default", project_id=conn.current_project_id)
+        assert port.security_group_ids == [default.id]  # given (a) or Neutron's default (b)
         assert port.fixed_ips[0]["ip_address"] == node.address
         assert ipaddress.ip_address(node.address) in ipaddress.ip_network(subnet)
         # The guest received exactly the bundle rendered for the address of its port.
