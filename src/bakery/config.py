@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
@@ -27,20 +25,13 @@ from pydantic import (
 )
 
 from .errors import ConfigError, Problem
+from .validation import Label, Model, problem_of
 
-# A DNS label: used for names that end up in host names, Consul service names and file names.
-Label = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 # Cloud resource names as the user wrote them in their cloud; printable, single line.
 CloudName = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,255}$")]
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
 IPv4Net = ipaddress.IPv4Network
 IPv4Addr = ipaddress.IPv4Address
-
-
-class Model(BaseModel):
-    """Strict base: unknown keys are errors (a typo must not pass silently)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SecretSource(Model):
@@ -284,7 +275,9 @@ def load_settings(raw: Mapping[str, Any] | None) -> Settings:
     try:
         settings = Settings.model_validate(dict(raw))
     except ValidationError as error:
-        raise ConfigError([_problem(e) for e in error.errors()]) from None
+        raise ConfigError(
+            [problem_of(e, "bakery", "examples/", _SECRET_FIELDS) for e in error.errors()]
+        ) from None
     problems = topology_problems(settings)
     if problems:
         raise ConfigError(problems)
@@ -293,23 +286,6 @@ def load_settings(raw: Mapping[str, Any] | None) -> Settings:
 
 # Fields that carry a secret source: a secret written inline by mistake is never echoed.
 _SECRET_FIELDS = {"gossip_key", "acl_token", "key", "key_secret"}
-
-
-def _problem(error: Mapping[str, Any]) -> Problem:
-    path = ".".join(["bakery", *(str(p) for p in error["loc"])])
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        return Problem(path, "unknown key (check the spelling; see examples/)")
-    if error["type"] == "missing":
-        return Problem(path, "required, but missing")
-    if _SECRET_FIELDS.intersection(str(p) for p in error["loc"]):
-        return Problem(path, f"{message} (value not shown: give {{env: NAME}} or {{file: PATH}})")
-    return Problem(path, f"{message} (got {_short(error.get('input'))})")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def topology_problems(settings: Settings) -> list[Problem]:

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import Field, StringConstraints, ValidationError
 
 from .errors import BakeryError, Problem
+from .validation import Label, Model, problem_of
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = PROJECT_ROOT / "images"
 SCRIPTS_DIR = PROJECT_ROOT / "scripts"
 
-Label = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+~-]{0,40}$")]
 DebPackage = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.-]{1,62}$")]
@@ -52,10 +52,6 @@ class ImageDefinitionError(BakeryError):
         count = len(problems)
         heading = f"image definition {source} has {count} problem{'s' if count != 1 else ''}:"
         super().__init__("\n".join([heading, *(f"  {p}" for p in problems)]))
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Base(Model):
@@ -233,7 +229,9 @@ def validate_definition(raw: Any, path: Path) -> LoadedDefinition:
     try:
         definition = ImageDefinition.model_validate(dict(raw))
     except ValidationError as error:
-        raise ImageDefinitionError(str(path), [_problem(e) for e in error.errors()]) from None
+        raise ImageDefinitionError(
+            str(path), [problem_of(e, None, "images/README.md") for e in error.errors()]
+        ) from None
     base_dir = path.resolve().parent
     problems: list[Problem] = []
     c = definition.components
@@ -320,17 +318,6 @@ def _lock_problems(definition: ImageDefinition, lock_path: Path) -> list[Problem
             )
         )
     return problems
-
-
-def _problem(error: Mapping[str, Any]) -> Problem:
-    path = ".".join(str(p) for p in error["loc"]) or "(top)"
-    if error["type"] == "extra_forbidden":
-        return Problem(path, "unknown key (check the spelling; see images/README.md)")
-    if error["type"] == "missing":
-        return Problem(path, "required, but missing")
-    text = repr(error.get("input"))
-    text = text if len(text) <= 80 else text[:77] + "..."
-    return Problem(path, f"{error['msg'].removeprefix('Value error, ')} (got {text})")
 
 
 def declared_inputs(element: str) -> dict[str, str | None]:
