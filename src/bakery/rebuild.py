@@ -46,15 +46,20 @@ def rebuild(
     log: Callable[[str], None] = print,
 ) -> RebuildResult:
     loaded = load_definition(settings.image.definition)
-    with _only_one_rebuild(settings):
-        reasons = _reasons(settings, loaded, force)
-        result = RebuildResult(reasons)
-        for label, why in reasons.items():
-            log(f"{label}: " + ("; ".join(why) if why else "current"))
-        if any(reasons.values()) and not dry_run:
-            result.baked = cloudbake.bake(settings, log=log)
+    # Only reading the clouds: a bad config or an unreachable cloud changes nothing, not even
+    # the state directory.
+    reasons = _reasons(settings, loaded, force)
+    result = RebuildResult(reasons)
+    for label, why in reasons.items():
+        log(f"{label}: " + ("; ".join(why) if why else "current"))
+    if dry_run:
         _retire(settings, loaded, result, dry_run, log)
         return result
+    with _only_one_rebuild(settings):
+        if any(reasons.values()):
+            result.baked = cloudbake.bake(settings, log=log)
+        _retire(settings, loaded, result, dry_run, log)
+    return result
 
 
 def _reasons(settings: Settings, loaded: LoadedDefinition, force: bool) -> dict[str, list[str]]:

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
+from bakery import rebuild as rebuild_module
 from bakery.config import load_settings
 from bakery.errors import BakeryError
 from bakery.generations import Generation, plan_retirement
-from bakery.rebuild import rebuild
 from tests.helpers import base_config
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
@@ -47,14 +47,29 @@ def test_candidates_go_only_when_no_bake_can_still_be_running():
     assert _names(plan.delete) == ["stale"] and plan.retire == []
 
 
-def test_a_second_rebuild_stops_before_touching_any_cloud(tmp_path):
+def test_a_second_rebuild_stops_before_baking_or_retiring(tmp_path, monkeypatch):
     settings = load_settings(base_config(tmp_path))
+    # What the clouds say is beside the point here: every environment is due.
+    monkeypatch.setattr(rebuild_module, "_reasons", lambda *_: {"prod1": ["due"]})
+    monkeypatch.setattr(rebuild_module.cloudbake, "bake", _must_not_run)
+    monkeypatch.setattr(rebuild_module, "_retire", _must_not_run)
     settings.state_dir.mkdir(parents=True)
     fd = os.open(settings.state_dir / "rebuild.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        # The config's clouds do not exist: reaching any of them would fail differently.
         with pytest.raises(BakeryError, match="another rebuild holds .*rebuild.lock"):
-            rebuild(settings)
+            rebuild_module.rebuild(settings)
     finally:
         os.close(fd)
+
+
+def test_an_unreachable_cloud_leaves_the_state_directory_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "no-clouds.yaml"))
+    settings = load_settings(base_config(tmp_path))
+    with pytest.raises(BakeryError, match="clouds.yaml entry 'prod1'"):
+        rebuild_module.rebuild(settings)
+    assert not settings.state_dir.exists()
+
+
+def _must_not_run(*_args, **_kwargs):
+    raise AssertionError("ran although another rebuild holds the lock")
