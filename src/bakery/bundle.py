@@ -23,6 +23,8 @@ from .templating import make_environment, render
 
 # Nova refuses user-data whose base64 form is larger than this.
 USER_DATA_LIMIT = 65535
+# Patroni's REST API on every node (patroni.yml listens on it, the Nebula firewall opens it).
+RESTAPI_PORT = 8008
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
         "dcs": dcs,
         "postgresql": pg,
         "paths": paths,
+        "restapi_port": RESTAPI_PORT,
         "overlay": settings.overlay,
         "overlay_on": settings.overlay.type == "nebula",
         "passwords": material.passwords,
