@@ -26,7 +26,8 @@ def _plain(value):
 
 @contextmanager
 def _reported(c):
-    """Turn bakery's errors into a clean exit; Ctrl-C into exit code 130."""
+    """Turn bakery's errors into a clean exit; Ctrl-C into exit code 130, SIGTERM 143."""
+    from bakery.cleanup import Terminated
     from bakery.errors import BakeryError
 
     try:
@@ -35,6 +36,8 @@ def _reported(c):
         if os.environ.get("BAKERY_DEBUG"):
             raise
         raise Exit(f"bakery: {error}", code=1) from None
+    except Terminated:
+        raise Exit("bakery: terminated", code=143) from None
     except KeyboardInterrupt:
         raise Exit("bakery: interrupted", code=130) from None
 

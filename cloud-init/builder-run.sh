@@ -12,46 +12,54 @@ dir=/run/bakery
 console=/dev/console
 poweroff=1
 build_id=""
+reported=0
 elements=()
+
+report() {  # one line to stdout (cloud-init's log) and to the console
+    printf '%s\n' "$1"
+    printf '%s\n' "$1" >> "$console"
+    reported=1
+}
+
+failed() {  # a result line for failures before run-elements could print its own; fixed texts
+    report "BAKERY-RESULT {\"status\":\"failed\",\"build_id\":\"$build_id\",\"manifest\":null,\"error\":\"$1\"}"
+}
+
+finish() {  # on every way out, an unforeseen one included: a result line, then power off
+    [ "$reported" = 1 ] || failed "builder-run ended early"
+    sync
+    if [ "$poweroff" = 1 ]; then
+        systemctl poweroff || poweroff
+    fi
+}
+trap finish EXIT
+
 while [ $# -gt 0 ]; do
     case "$1" in
-        --build-id) build_id=$2; shift 2 ;;
-        --dir) dir=$2; shift 2 ;;
-        --console) console=$2; shift 2 ;;
+        --build-id|--dir|--console)
+            [ $# -ge 2 ] || { build_id=unknown; failed "option $1 needs a value"; exit 2; }
+            case "$1" in
+                --build-id) build_id=$2 ;;
+                --dir) dir=$2 ;;
+                --console) console=$2 ;;
+            esac
+            shift 2 ;;
         --no-poweroff) poweroff=0; shift ;;
         *) elements+=("$1"); shift ;;
     esac
 done
 
-report() {  # one line to stdout (cloud-init's log) and to the console
-    printf '%s\n' "$1"
-    printf '%s\n' "$1" >> "$console"
-}
-
-failed() {  # a result line for failures before run-elements could print its own
-    report "BAKERY-RESULT {\"status\":\"failed\",\"build_id\":\"$build_id\",\"manifest\":null,\"error\":\"$1\"}"
-}
-
-run() {
-    [[ "$build_id" =~ ^[A-Za-z0-9._-]+$ ]] || { build_id=unknown; failed "bad or missing --build-id"; return; }
-    [ ${#elements[@]} -gt 0 ] || { failed "no elements given"; return; }
-    if ! tar -xzf "$dir/elements.tar.gz" -C "$dir"; then
-        failed "could not unpack $dir/elements.tar.gz"
-        return
-    fi
-    # The elements' output goes to cloud-init's log and console as it comes.
-    bash "$dir/run-elements" --env-file "$dir/build.env" "${elements[@]}" 2>&1 \
-        | tee "$dir/run-elements.log"
-    line=$(grep '^BAKERY-RESULT ' "$dir/run-elements.log" | tail -n 1)
-    if [ -z "$line" ]; then
-        failed "run-elements printed no result line"
-    else
-        report "$line"
-    fi
-}
-
-run
-sync
-if [ "$poweroff" = 1 ]; then
-    systemctl poweroff || poweroff
+[[ "$build_id" =~ ^[A-Za-z0-9._-]+$ ]] || { build_id=unknown; failed "bad or missing --build-id"; exit 2; }
+[ ${#elements[@]} -gt 0 ] || { failed "no elements given"; exit 2; }
+if ! tar -xzf "$dir/elements.tar.gz" -C "$dir"; then
+    failed "could not unpack the elements"
+    exit 1
+fi
+# The elements' output goes to cloud-init's log and console as it comes.
+bash "$dir/run-elements" --env-file "$dir/build.env" "${elements[@]}" 2>&1 | tee "$dir/run-elements.log"
+line=$(grep '^BAKERY-RESULT ' "$dir/run-elements.log" | tail -n 1)
+if [ -z "$line" ]; then
+    failed "run-elements printed no result line"
+else
+    report "$line"
 fi

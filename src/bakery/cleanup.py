@@ -9,6 +9,7 @@ hiding the error that started the unwinding.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -66,12 +67,16 @@ class Cleanup:
         return inner.leftovers
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so that the same cleanup runs as for Ctrl-C."""
+
+
 @contextlib.contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
     """SIGTERM (a CI stop, `timeout`, systemd) unwinds like Ctrl-C, so that cleanup runs."""
 
     def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Terminated(f"signal {signum}")
 
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers belong to the main thread
@@ -83,20 +88,50 @@ def interrupt_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _note(text: str) -> None:
+    """Write from a signal handler: os.write, because the interrupted code may be inside a
+    buffered write to the same stream, which must not be re-entered."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"bakery: {text}\n".encode())
+
+
 @contextlib.contextmanager
-def shielded_from_interrupts(log: Callable[[str], None]) -> Iterator[None]:
-    """Let a cleanup finish: a second Ctrl-C (or SIGTERM) while it runs would leave the rest
-    of what it removes behind, so it is noted and ignored until the cleanup is done."""
+def _signals_held(handler) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum, frame):  # noqa: ARG001
-        log(f"signal {signum} ignored: cleaning up first, so that nothing is left behind")
-
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def shielded_from_interrupts() -> Iterator[None]:
+    """Let a cleanup finish: a second Ctrl-C (or SIGTERM) while it runs would leave the rest
+    of what it removes behind, so it is noted and ignored until the cleanup is done."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        _note(f"signal {signum} ignored: cleaning up first, so that nothing is left behind")
+
+    with _signals_held(handler):
+        yield
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Around a call that creates something in a cloud: an interrupt in the middle would drop
+    the request while the cloud may still carry it out, leaving a resource nobody removes. The
+    signal waits until the call has returned (and what it made is known), then interrupts."""
+    caught: list[int] = []
+
+    def handler(signum, frame):  # noqa: ARG001
+        caught.append(signum)
+        _note("interrupt noted: it takes effect once the current cloud call has returned")
+
+    with _signals_held(handler):
+        yield
+    if caught:
+        raise Terminated("signal 15") if caught[0] == signal.SIGTERM else KeyboardInterrupt()

@@ -109,7 +109,7 @@ def bake(
 
 
 def _chosen(settings: Settings, environments: list[str] | None) -> list[str]:
-    labels = list(environments or settings.environments)
+    labels = list(dict.fromkeys(environments or settings.environments))
     unknown = [label for label in labels if label not in settings.environments]
     problems = [
         Problem(
@@ -167,7 +167,7 @@ def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target
 
     def pick(key: str) -> Any:
         own = getattr(builder, key)
-        return own if own is not None else getattr(az, key)
+        return own if own is not None or az is None else getattr(az, key)
 
     conn = connect(label, environment)
     where = f"environment {label}"
@@ -259,14 +259,14 @@ class _Bake:
                     target.conn.image.update_image(image.image_id, bakery_status="released")
                 self.log(f"{target.label}: released image {image.name} ({image.image_id})")
         except BaseException:
-            with shielded_from_interrupts(self.log):
+            with shielded_from_interrupts():
                 self.on_failure.run()
                 self.always.run()
             left = self.on_failure.leftovers + self.always.leftovers
             if left:
                 self.log("left behind, remove by hand (all tagged 'bakery'): " + "; ".join(left))
             raise
-        with shielded_from_interrupts(self.log):
+        with shielded_from_interrupts():
             self.always.run()
         if self.always.leftovers:
             raise ReleaseError(
@@ -275,19 +275,29 @@ class _Bake:
         return BakeResult(self.build_id, self.loaded.name, images)
 
     def _build_all(self, targets: list[Target]) -> list[BakedImage]:
-        """Build everywhere at once; the first failure stops the others at their next wait."""
-        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+        """Build everywhere at once; the first failure stops the others at their next wait.
+
+        Ctrl-C reaches only this thread: it sets `cancel`, and the workers are joined before
+        anything is cleaned up, so no create call lands after the cleanup looked for it."""
+        pool = ThreadPoolExecutor(max_workers=len(targets))
+        futures = []
+        try:
             futures = [pool.submit(self._build_in, target) for target in targets]
-            try:
-                wait(futures, return_when=FIRST_EXCEPTION)
-            finally:
-                if not all(f.done() and f.exception() is None for f in futures):
-                    self.cancel.set()  # an error, or Ctrl-C in this thread
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:
+            if not all(f.done() and f.exception() is None for f in futures):
+                self.cancel.set()  # an error, or Ctrl-C in this thread
+            with shielded_from_interrupts():
+                pool.shutdown(wait=True)
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             # The environment that failed, not one that was stopped because of it.
             raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
         return [f.result() for f in futures]
+
+    def _stop_if_cancelled(self, what: str) -> None:
+        if self.cancel.is_set():
+            raise Cancelled(f"stopped before {what}")
 
     def _build_in(self, target: Target) -> BakedImage:
         conn, label, build_id = target.conn, target.label, self.build_id
@@ -302,6 +312,7 @@ class _Bake:
             placement["security_groups"] = [{"name": g} for g in target.security_groups]
         if target.compute_az is not None:
             placement["availability_zone"] = target.compute_az
+        self._stop_if_cancelled(f"creating builder {name}")
         with cloud_errors(f"{where}: creating builder {name}"):
             server = conn.compute.create_server(
                 name=name,
@@ -319,19 +330,26 @@ class _Bake:
                 tags=[TAG],
             )
         self.log(f"{label}: builder {server.id} started; waiting until it powers off")
-        server = wait_for(
-            f"{where}: builder {name} to power off",
-            lambda: server_in(conn, server.id, "SHUTOFF", where),
-            self.settings.image.build_timeout,
-            self.cancel,
-            interval=5,
-        )
+        try:
+            server = wait_for(
+                f"{where}: builder {name} to power off",
+                lambda: server_in(conn, server.id, "SHUTOFF", where),
+                self.settings.image.build_timeout,
+                self.cancel,
+                interval=5,
+            )
+        except CloudError as error:  # timed out or ERROR: what the console says helps most
+            raise CloudError(f"{error}; console:\n{_console_tail(conn, server.id)}") from None
         with cloud_errors(f"{where}: reading the console of {name}"):
             console = conn.compute.get_server_console_output(server.id)["output"] or ""
         _check_result(self.loaded, build_id, console, where)
         image = self._snapshot(target, server.id)
         self.log(f"{label}: image {image.name} ({image.id}) active; removing the builder")
-        delete_servers_named(conn, name)
+        try:
+            with cloud_errors(f"{where}: removing builder {name}"):
+                delete_servers_named(conn, name)
+        except CloudError as error:  # the image is good; the final cleanup tries again
+            self.log(f"{error} (tried again at the end)")
         return BakedImage(label, image.id, image.name)
 
     def _snapshot(self, target: Target, server_id: str):
@@ -340,19 +358,27 @@ class _Bake:
         self.register(
             self.on_failure, f"{where}: image {build_id}", lambda: _delete_images(conn, build_id)
         )
+        self._stop_if_cancelled(f"snapshotting {build_id}")
         with cloud_errors(f"{where}: snapshotting the builder"):
             image = conn.compute.create_server_image(
                 server_id, name=build_id, metadata=_image_properties(build_id, self.loaded, target)
             )
-        image = wait_for(
+            # Tagged at once: should this image ever be left behind, `rebuild` finds it.
+            conn.image.add_tag(image, TAG)
+        return wait_for(
             f"{where}: image {build_id} to become active",
             lambda: _active(conn, image.id, where),
             SNAPSHOT_TIMEOUT,
             self.cancel,
         )
-        with cloud_errors(f"{where}: tagging image {build_id}"):
-            conn.image.add_tag(image, TAG)
-        return image
+
+
+def _console_tail(conn, server_id: str) -> str:
+    try:
+        console = conn.compute.get_server_console_output(server_id)["output"] or ""
+    except Exception as error:  # noqa: BLE001 - only for an error message
+        return f"    (console unreadable: {error})"
+    return "\n".join("    " + line for line in console.splitlines()[-CONSOLE_TAIL:])
 
 
 def _check_result(loaded: LoadedDefinition, build_id: str, console: str, where: str) -> None:

@@ -300,6 +300,7 @@ def topology_problems(settings: Settings) -> list[Problem]:
                     f"known: {', '.join(sorted(settings.environments))}",
                 )
             )
+    problems += _environment_problems(settings)
     problems += _dcs_problems(settings)
     if not problems:
         from .plan import dcs_survival_problems  # plan imports this module
@@ -307,6 +308,25 @@ def topology_problems(settings: Settings) -> list[Problem]:
         problems += dcs_survival_problems(settings, list(settings.azs))
     problems += _overlay_problems(settings)
     problems += _name_problems(settings)
+    return problems
+
+
+def _environment_problems(settings: Settings) -> list[Problem]:
+    """Two labels for one cloud and region would make two bakes (and two sets of node names)
+    in the same project, each taking the other's resources for its own."""
+    seen: dict[tuple[str, str | None], str] = {}
+    problems = []
+    for label, environment in settings.environments.items():
+        key = (environment.cloud, environment.region)
+        if key in seen:
+            problems.append(
+                Problem(
+                    f"bakery.environments.{label}",
+                    f"same cloud {environment.cloud!r} and region as environment {seen[key]!r}: "
+                    "give each cloud (and region) one environment",
+                )
+            )
+        seen.setdefault(key, label)
     return problems
 
 

@@ -85,6 +85,7 @@ def plan_retirement(
     now: dt.datetime,
     candidate_grace: dt.timedelta,
 ) -> RetirePlan:
+    gens = sorted(gens, key=lambda g: g.created, reverse=True)  # newest first, whoever asks
     released = [g for g in gens if g.status == "released"]
     retire = released[keep:]
     going = retire + [g for g in gens if g.status == "retired"]
@@ -92,3 +93,18 @@ def plan_retirement(
     delete = [g for g in going if g.image_id not in in_use]
     kept = [g for g in going if g.image_id in in_use]
     return RetirePlan(retire, delete, kept)
+
+
+def stale_builders(conn, now: dt.datetime, grace: dt.timedelta) -> list[Any]:
+    """Builder servers of this project older than any bake could still be running: left
+    behind by a bake killed without a chance to clean up (SIGKILL, a lost CI runner)."""
+    stale = []
+    for server in conn.compute.servers():
+        if (server.metadata or {}).get(TAG) != "builder":
+            continue
+        created = dt.datetime.fromisoformat(str(server.created_at).replace("Z", "+00:00"))
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=dt.UTC)
+        if now - created > grace:
+            stale.append(server)
+    return stale

@@ -28,7 +28,12 @@ from typing import Any
 
 from . import plan as planning
 from .bundle import Bundle, build_bundles
-from .cleanup import Cleanup, interrupt_on_sigterm, shielded_from_interrupts
+from .cleanup import (
+    Cleanup,
+    interrupt_on_sigterm,
+    interrupts_deferred,
+    shielded_from_interrupts,
+)
 from .cloud import (
     TAG,
     CloudError,
@@ -37,6 +42,7 @@ from .cloud import (
     cloud_errors,
     connect,
     delete_servers_named,
+    image_property,
     server_in,
     wait_for,
 )
@@ -110,6 +116,8 @@ def _preflight(settings: Settings, labels: list[str], log) -> dict[str, AzTarget
         except BakeryError as error:
             problems.append(str(error))
     if not problems:
+        problems += _generation_problems(targets)
+    if not problems:
         problems += _render_problems(settings, labels, targets)
     if problems:
         raise PreflightError(problems)
@@ -119,6 +127,19 @@ def _preflight(settings: Settings, labels: list[str], log) -> dict[str, AzTarget
             f"{target.flavor.name}, network {target.network.name}, subnet {target.subnet.cidr}"
         )
     return targets
+
+
+def _generation_problems(targets: dict[str, AzTarget]) -> list[str]:
+    """One cluster, one generation: `bake --environment` can release in some environments
+    only, and nodes of different builds would run different PostgreSQL or Patroni."""
+    builds = {label: image_property(t.image, "bakery_build_id") for label, t in targets.items()}
+    if len(set(builds.values())) <= 1:
+        return []
+    shown = ", ".join(f"AZ {label}: {build}" for label, build in builds.items())
+    return [
+        f"the newest released images differ ({shown}): bake in every environment of these "
+        "AZs (`invoke bake`), so that all nodes start from the same build"
+    ]
 
 
 def _resolve(settings: Settings, label: str, az: AvailabilityZone, conn) -> AzTarget:
@@ -141,6 +162,11 @@ def _resolve(settings: Settings, label: str, az: AvailabilityZone, conn) -> AzTa
         if network is None:
             raise CloudError(f"{where}: no network {az.network!r}")
         subnet = _subnet(conn, network, az, where)
+        for address in az.addresses:
+            query = {"network_id": network.id, "fixed_ips": f"ip_address={address}"}
+            taken = list(conn.network.ports(**query))
+            if taken:
+                raise CloudError(f"{where}: address {address} is taken by port {taken[0].id}")
         group_ids = []
         for group in az.security_groups:
             found = conn.network.find_security_group(group, ignore_missing=True)
@@ -166,17 +192,23 @@ def _resolve(settings: Settings, label: str, az: AvailabilityZone, conn) -> AzTa
 
 
 def _subnet(conn, network, az: AvailabilityZone, where: str):
+    """The IPv4 subnet the nodes get their addresses from: the configured one, else the one
+    that holds the configured addresses, else the network's first."""
     subnets = [s for s in conn.network.subnets(network_id=network.id) if s.ip_version == 4]
     if az.subnet is not None:
         subnets = [s for s in subnets if ipaddress.ip_network(s.cidr) == az.subnet]
     if not subnets:
         wanted = f"subnet {az.subnet}" if az.subnet is not None else "an IPv4 subnet"
         raise CloudError(f"{where}: network {network.name} has no {wanted}")
-    subnet = subnets[0]
-    cidr = ipaddress.ip_network(subnet.cidr)
-    outside = [str(a) for a in az.addresses if a not in cidr]
-    if outside:
-        raise CloudError(f"{where}: addresses {', '.join(outside)} are outside {subnet.cidr}")
+    fitting = [s for s in subnets if all(a in ipaddress.ip_network(s.cidr) for a in az.addresses)]
+    if not fitting:
+        cidrs = ", ".join(s.cidr for s in subnets)
+        addresses = ", ".join(map(str, az.addresses))
+        raise CloudError(f"{where}: addresses {addresses} are not all inside one of {cidrs}")
+    subnet = fitting[0]
+    free = ipaddress.ip_network(subnet.cidr).num_addresses - 3  # network, gateway, broadcast
+    if az.nodes > free:
+        raise CloudError(f"{where}: subnet {subnet.cidr} is too small for {az.nodes} nodes")
     return subnet
 
 
@@ -231,7 +263,7 @@ class _Launch:
             result = self._create(labels)
         except BaseException:
             self.cancel.set()
-            with shielded_from_interrupts(self.log):
+            with shielded_from_interrupts():
                 self.cleanup.run()
             if self.cleanup.leftovers:
                 self.log(
@@ -287,7 +319,10 @@ class _Launch:
         groups: dict[str, Any] = {}  # none given: Neutron's default group of the project
         if target.security_group_ids:
             groups["security_groups"] = target.security_group_ids
-        with cloud_errors(f"environment {target.environment}: creating port {name}"):
+        with (
+            interrupts_deferred(),
+            cloud_errors(f"environment {target.environment}: creating port {name}"),
+        ):
             port = conn.network.create_port(
                 name=name,
                 network_id=target.network.id,
@@ -312,7 +347,10 @@ class _Launch:
             extra["availability_zone"] = target.compute_az
         if target.key_name is not None:
             extra["key_name"] = target.key_name
-        with cloud_errors(f"environment {target.environment}: creating server {node.name}"):
+        with (
+            interrupts_deferred(),
+            cloud_errors(f"environment {target.environment}: creating server {node.name}"),
+        ):
             server = conn.compute.create_server(
                 name=node.name,
                 image_id=target.image.id,

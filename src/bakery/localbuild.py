@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from .builderdata import STAGING, builder_user_data, stage_elements, write_files_into
-from .cleanup import Cleanup, interrupt_on_sigterm, shielded_from_interrupts
+from .cleanup import Cleanup, Terminated, interrupt_on_sigterm, shielded_from_interrupts
 from .commands import CommandError, run_command
 from .errors import BakeryError, BuildError
 from .hostfs import (
@@ -206,7 +206,7 @@ class Builder:
                     raw, qcow2 = self._assemble(cleanup)
                 cleanup.run()
             finally:
-                with shielded_from_interrupts(self.log):
+                with shielded_from_interrupts():
                     cleanup.run()
                 if cleanup.leftovers:
                     self.log("left behind, remove by hand: " + "; ".join(cleanup.leftovers))
@@ -583,9 +583,10 @@ def main(argv: list[str] | None = None) -> int:
     except BakeryError as error:
         print(f"bakery: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("bakery: interrupted; mounts and loop devices were released", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        how, code = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        print(f"bakery: {how}; mounts and loop devices were released", file=sys.stderr)
+        return code
     print(json.dumps(result.to_json(), indent=2))
     return 0
 

@@ -69,8 +69,16 @@ def manifest_problems(loaded: LoadedDefinition, build_id: str, manifest: Any) ->
     for name, field, pin, prefix in wanted:
         found = installed(name, field)
         text = "" if found is None else str(found)
-        ok = found is not None and (text.startswith(pin) if prefix else text == pin)
+        ok = found is not None and (_version_starts_with(text, pin) if prefix else text == pin)
         if not ok:
             pinned_as = f"a version starting with {pin!r}" if prefix else repr(pin)
             problems.append(f"{name} {field} is {found!r}, the definition pins {pinned_as}")
     return problems
+
+
+def _version_starts_with(version: str, pin: str) -> bool:
+    """'1.6' admits 1.6 and 1.6.1+dfsg-3, not 1.60; a pin ending in '.' ('2.') any 2.x."""
+    if not version.startswith(pin):
+        return False
+    rest = version[len(pin) :]
+    return pin.endswith(".") or rest == "" or rest[0] in ".-+~:"

@@ -20,10 +20,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import cloudbake
-from .cloud import cloud_errors, connect
+from .cloud import cloud_errors, connect, delete_servers_named
 from .config import Settings
 from .errors import BakeryError
-from .generations import generations, images_in_use, newest_released, plan_retirement
+from .generations import (
+    generations,
+    images_in_use,
+    newest_released,
+    plan_retirement,
+    stale_builders,
+)
 from .imagedef import LoadedDefinition, load_definition
 
 # A candidate younger than this may belong to a bake still running elsewhere.
@@ -111,6 +117,10 @@ def _retire(settings, loaded, result: RebuildResult, dry_run: bool, log) -> None
                 log(f"{label}: {verb} delete {gen.name} ({gen.status})")
                 if not dry_run:
                     conn.image.delete_image(gen.image_id, ignore_missing=True)
+            for server in stale_builders(conn, dt.datetime.now(dt.UTC), grace):
+                log(f"{label}: {verb} delete stale builder {server.name} ({server.id})")
+                if not dry_run:
+                    delete_servers_named(conn, server.name)
         result.retired[label] = [g.name for g in plan.retire]
         result.deleted[label] = [g.name for g in plan.delete]
         result.kept_in_use[label] = [g.name for g in plan.kept_in_use]

@@ -114,13 +114,23 @@ def test_launch_starts_each_node_in_its_az_with_its_own_bundle(
 
 
 def test_bad_input_anywhere_creates_nothing(cloud, envs, tmp_path):
-    config = _launch_config(cloud, tmp_path, **{"azs.a.key_pair": "nobody", "azs.b.flavor": "XL"})
-    result = run_task(cloud, config, "launch", "--az", "a", "--az", "b")
+    env1 = envs["test-env1"]
+    network = env1.network.find_network("private")
+    squatter = env1.network.create_port(
+        name="squatter", network_id=network.id, fixed_ips=[{"ip_address": "192.0.2.50"}]
+    )
+    try:
+        config = _launch_config(
+            cloud, tmp_path, **{"azs.a.addresses": ["192.0.2.50"], "azs.b.key_pair": "nobody"}
+        )
+        result = run_task(cloud, config, "launch", "--az", "a", "--az", "b")
+    finally:
+        env1.network.delete_port(squatter)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         "bakery: nothing was created; fix these first:",
-        "  AZ a (environment e1): no key pair 'nobody'",
-        "  AZ b (environment e2): no flavor 'XL'",
+        f"  AZ a (environment e1): address 192.0.2.50 is taken by port {squatter.id}",
+        "  AZ b (environment e2): no key pair 'nobody'",
     ]
     for conn in envs.values():
         assert list(conn.compute.servers()) == [] and _bakery_ports(conn) == []
@@ -140,3 +150,20 @@ def test_a_refused_server_removes_every_port_and_server_of_the_launch(cloud, env
     assert "Quota exceeded" in result.stderr
     for conn in envs.values():
         assert list(conn.compute.servers()) == [] and _bakery_ports(conn) == []
+
+
+def test_nodes_of_one_cluster_never_mix_generations(cloud, envs, released, tmp_path):
+    config = _launch_config(cloud, tmp_path)
+    newer = run_task(cloud, config, "bake", "--environment", "e1")
+    assert newer.returncode == 0, newer.stderr
+    try:
+        result = run_task(cloud, config, "launch", "--az", "a", "--az", "b")
+        assert result.returncode == 1
+        assert "the newest released images differ (AZ a: " in result.stderr
+        for conn in envs.values():
+            assert list(conn.compute.servers()) == [] and _bakery_ports(conn) == []
+    finally:
+        env1 = envs["test-env1"]
+        for image in own_images(env1):
+            if image.id != released["test-env1"].id:
+                env1.image.delete_image(image)

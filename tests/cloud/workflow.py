@@ -40,9 +40,12 @@ def prop(image, key: str):
 
 
 def own_images(conn) -> list:
-    """This project's bakery images."""
+    """This project's bakery images: tagged, or carrying bakery's property (a snapshot whose
+    tagging never happened would still be found)."""
     return [
-        i for i in conn.image.images(owner=conn.current_project_id) if "bakery" in (i.tags or [])
+        i
+        for i in conn.image.images(owner=conn.current_project_id)
+        if "bakery" in (i.tags or []) or prop(i, "bakery") == "image"
     ]
 
 
@@ -58,7 +61,8 @@ def remove_leftovers(conn, image_names: tuple[str, ...] = ()) -> list[str]:
         if "bakery" in (port.tags or []):
             found.append(f"port {port.name}")
             conn.network.delete_port(port, ignore_missing=True)
-    for image in conn.image.images(owner=conn.current_project_id):
-        if "bakery" in (image.tags or []) or image.name in image_names:
-            conn.image.delete_image(image, ignore_missing=True)
+    for image in own_images(conn) + [
+        i for i in conn.image.images(owner=conn.current_project_id) if i.name in image_names
+    ]:
+        conn.image.delete_image(image, ignore_missing=True)
     return found

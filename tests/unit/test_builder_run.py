@@ -88,3 +88,5 @@ def test_a_missing_tarball_or_bad_arguments_still_give_one_result_line(tmp_path)
     assert last_result(console) == {**failed, "error": "bad or missing --build-id"}
     _, console = _run(fresh, "--build-id", "b-1")
     assert last_result(console)["error"] == "no elements given"
+    _, console = _run(fresh, "hello", "--build-id")  # set -u must not end it without a line
+    assert last_result(console) == {**failed, "error": "option --build-id needs a value"}

@@ -52,3 +52,33 @@ def test_a_failed_release_never_hides_the_error_that_started_the_unwinding():
         cleanup.push("mount /x", lambda: (_ for _ in ()).throw(OSError("busy")))
         raise KeyError("the step failed")
     assert cleanup.leftovers == ["mount /x: busy"]
+
+
+def test_an_interrupt_during_a_create_call_waits_until_the_call_returned():
+    import os
+    import signal
+
+    from bakery.cleanup import Terminated, interrupts_deferred
+
+    made = []
+    with pytest.raises(KeyboardInterrupt) as caught, interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the "call"
+        made.append("server")  # the call still returns what it made
+    assert made == ["server"] and not isinstance(caught.value, Terminated)
+    with pytest.raises(Terminated), interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+    # Outside the block, the usual handlers are back.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_cleanup_is_not_cut_short_by_a_second_interrupt():
+    import os
+    import signal
+
+    from bakery.cleanup import shielded_from_interrupts
+
+    done = []
+    with shielded_from_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("released")
+    assert done == ["released"]

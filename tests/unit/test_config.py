@@ -148,3 +148,12 @@ def test_addresses_must_fit_the_az(tmp_path):
 def test_paths_are_paths(tmp_path):
     settings = load_settings(base_config(tmp_path))
     assert isinstance(settings.state_dir, Path)
+
+
+def test_one_cloud_and_region_is_one_environment(tmp_path):
+    raw = merged(base_config(tmp_path), **{"environments.prod4.cloud": "prod1"})
+    assert problems_of(raw) == [
+        "bakery.environments.prod4: same cloud 'prod1' and region as environment 'prod1': "
+        "give each cloud (and region) one environment"
+    ]
+    load_settings(merged(raw, **{"environments.prod4.region": "north"}))  # two regions: fine

@@ -49,6 +49,7 @@ def test_the_pinned_manifest_of_this_build_is_accepted(loaded, manifest):
         ("components.postgresql.major", 15, "postgresql major is 15, the definition pins '14'"),
         ("components.consul", None, "consul version is None"),
         ("components.nebula.package", "1.9.0-1", "nebula package is '1.9.0-1', the definition"),
+        ("components.nebula.package", "1.60-1", "nebula package is '1.60-1', the definition"),
     ],
 )
 def test_each_contradiction_is_named(loaded, manifest, path, value, problem):
