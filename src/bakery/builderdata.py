@@ -26,11 +26,10 @@ import yaml
 from . import checks
 from .bundle import USER_DATA_LIMIT
 from .errors import BakeryError
-from .imagedef import SCRIPTS_DIR, LoadedDefinition
-from .templating import PROJECT_ROOT, make_environment, render
+from .imagedef import BUILDER_RUNNER, SCRIPTS_DIR, LoadedDefinition
+from .templating import make_environment, render
 
 STAGING = "/run/bakery"  # tmpfs in the VM: nothing of the staging ends up in the snapshot
-RUNNER = PROJECT_ROOT / "cloud-init" / "builder-run.sh"
 
 
 @dataclass(frozen=True)
@@ -122,10 +121,11 @@ def builder_user_data(
             "path": f"{STAGING}/builder-run",
             "owner": "root:root",
             "permissions": "0700",
-            "content": RUNNER.read_text(),
+            "content": BUILDER_RUNNER.read_text(),
         },
     ]
-    runcmd = [[f"{STAGING}/builder-run", "--build-id", build_id, *loaded.elements()]]
+    # Through bash: /run is mounted noexec on Debian and Ubuntu.
+    runcmd = [["bash", f"{STAGING}/builder-run", "--build-id", build_id, *loaded.elements()]]
     text = render(
         make_environment(template_overrides),
         "builder.yaml.j2",

@@ -29,6 +29,8 @@ from .validation import Label, Model, problem_of
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = PROJECT_ROOT / "images"
 SCRIPTS_DIR = PROJECT_ROOT / "scripts"
+# What a builder (cloud VM or local chroot) runs first; it starts run-elements.
+BUILDER_RUNNER = PROJECT_ROOT / "cloud-init" / "builder-run.sh"
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+~-]{0,40}$")]
@@ -185,8 +187,10 @@ class LoadedDefinition:
         return env
 
     def element_files(self) -> list[Path]:
-        """Every file the build runs: the runner, its helpers, the chosen elements' files."""
-        files = [SCRIPTS_DIR / "run-elements", *sorted((SCRIPTS_DIR / "bin").iterdir())]
+        """Every file the build runs: the builder's runner, run-elements and its helpers, the
+        chosen elements' files."""
+        files = [BUILDER_RUNNER, SCRIPTS_DIR / "run-elements"]
+        files += sorted((SCRIPTS_DIR / "bin").iterdir())
         for element in self.elements():
             files += sorted(p for p in (SCRIPTS_DIR / element).rglob("*") if p.is_file())
         return files
@@ -198,7 +202,8 @@ class LoadedDefinition:
         digest.update(b"definition\0" + canonical.encode() + b"\0")
         digest.update(b"lock\0" + self.lock_path.read_bytes() + b"\0")
         for path in self.element_files():
-            relative = path.relative_to(SCRIPTS_DIR).as_posix()
+            inside = path.is_relative_to(SCRIPTS_DIR)
+            relative = path.relative_to(SCRIPTS_DIR).as_posix() if inside else path.name
             digest.update(f"file\0{relative}\0".encode() + path.read_bytes() + b"\0")
         return digest.hexdigest()
 

@@ -116,7 +116,7 @@ def rendered(tmp_path_factory) -> dict:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # torn down before another module boots its own guest
 def guest(built, rendered):
     """The built image booted under QEMU with the rendered node's user-data; etcd on the
     namespace's bridge. Boot figures go into the summary."""

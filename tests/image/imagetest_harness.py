@@ -167,6 +167,27 @@ class Guest:
             time.sleep(0.5)
         raise TimeoutError(f"'{needle}' not on the console within {timeout} s; see {self.console}")
 
+    def wait_exit(self, timeout: float, fail_on: str | None = None) -> float:
+        """Seconds from QEMU's start until it exits (the guest powered off: -no-reboot).
+        `fail_on`: console text that shows it will not (checked after a grace of 60 s)."""
+        deadline = time.monotonic() + timeout
+        seen: float | None = None
+        while time.monotonic() < deadline:
+            if fail_on and seen is None and fail_on in self.console_text():
+                seen = time.monotonic()
+            if seen is not None and time.monotonic() - seen > 60:
+                raise AssertionError(f"'{fail_on}' on the console, still running; {self.console}")
+            assert self.qemu_pid is not None
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.qemu_pid, os.WNOHANG)
+            try:
+                os.kill(self.qemu_pid, 0)
+            except ProcessLookupError:
+                self.qemu_pid = None
+                return time.monotonic() - self.started
+            time.sleep(0.5)
+        raise TimeoutError(f"the guest did not power off within {timeout} s; see {self.console}")
+
     def _check_alive(self) -> None:
         if self.qemu_pid is not None:
             try:
@@ -243,8 +264,12 @@ def boot(
     instance_id: str,
     memory_mb: int = 2048,
     with_etcd: bool = True,
+    keep_writes: bool = False,
 ) -> Guest:
-    """Start etcd and the guest inside a new network namespace. Call `close()` afterwards."""
+    """Start etcd and the guest inside a new network namespace. Call `close()` afterwards.
+
+    The guest's writes are discarded, unless `keep_writes` (then `image` should be an overlay
+    of the built image, which the test inspects afterwards)."""
     workdir.mkdir(parents=True, exist_ok=True)
     netns = owned_netns.owned_name("img")
     console = workdir / "console.log"
@@ -267,6 +292,7 @@ def boot(
             run(["ip", "netns", "exec", netns, *command])
         if with_etcd:
             guest.etcd_pid = _start_etcd(netns, workdir)
+        snapshot = "off" if keep_writes else "on"
         qemu = [
             "qemu-system-x86_64",
             "-machine", "pc",
@@ -277,7 +303,7 @@ def boot(
             "-monitor", "none",
             "-serial", f"file:{console}",
             "-no-reboot",
-            "-drive", f"file={image},if=virtio,format=qcow2,snapshot=on",
+            "-drive", f"file={image},if=virtio,format=qcow2,snapshot={snapshot}",
             "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
             "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
             # romfile= : no iPXE option ROM needed (and ipxe-qemu need not be installed).

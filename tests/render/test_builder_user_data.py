@@ -40,7 +40,7 @@ def test_builder_user_data_is_valid_cloud_config_with_the_whole_staging(tmp_path
     assert expected <= names
     # The runner gets the build id and the elements, in the definition's order.
     (runcmd,) = yaml.safe_load(user_data.text)["runcmd"]
-    assert runcmd == ["/run/bakery/builder-run", "--build-id", BUILD_ID, *loaded.elements()]
+    assert runcmd == ["bash", "/run/bakery/builder-run", "--build-id", BUILD_ID, *loaded.elements()]
 
 
 _CLOUD_INIT_WRITE_FILES = """
