@@ -133,3 +133,24 @@ def test_environment_overrides_project_config_and_runtime_file_wins(tmp_path):
     )
     result = invoke("-f", str(runtime), "check", cwd=project, env=env, root=project)
     assert result.stdout.startswith("configuration valid: cluster fromfile"), result.stderr
+
+
+def test_interrupts_end_with_the_usual_exit_codes():
+    """Ctrl-C exits 130, SIGTERM 143 (128 + the signal), each after the task's cleanup."""
+    import importlib.util
+
+    import pytest
+    from invoke import Exit
+
+    from bakery.cleanup import Terminated
+
+    spec = importlib.util.spec_from_file_location("bakery_tasks", PROJECT / "tasks.py")
+    tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tasks)
+    for raised, code, text in (
+        (KeyboardInterrupt(), 130, "bakery: interrupted"),
+        (Terminated("signal 15"), 143, "bakery: terminated"),
+    ):
+        with pytest.raises(Exit) as caught, tasks._reported(None):
+            raise raised
+        assert (caught.value.code, caught.value.message) == (code, text)

@@ -73,3 +73,22 @@ def test_an_unreachable_cloud_leaves_the_state_directory_alone(tmp_path, monkeyp
 
 def _must_not_run(*_args, **_kwargs):
     raise AssertionError("ran although another rebuild holds the lock")
+
+
+def test_only_builders_older_than_any_running_bake_are_stale():
+    from types import SimpleNamespace
+
+    from bakery.generations import stale_builders
+
+    def server(name, metadata, hours_ago):
+        created = (NOW - dt.timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return SimpleNamespace(name=name, metadata=metadata, created_at=created)
+
+    servers = [
+        server("old-builder", {"bakery": "builder"}, 4),
+        server("running-builder", {"bakery": "builder"}, 1),
+        server("old-node", {"bakery": "node"}, 40),
+        server("someone-else", {}, 40),
+    ]
+    conn = SimpleNamespace(compute=SimpleNamespace(servers=lambda: servers))
+    assert [s.name for s in stale_builders(conn, NOW, GRACE)] == ["old-builder"]
