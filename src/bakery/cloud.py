@@ -102,10 +102,23 @@ def wait_for(
         cancel.wait(interval)
 
 
+def find_named(find: Callable[..., Any], name: str, kind: str, where: str) -> Any:
+    """A resource by name or ID through an openstacksdk `find_*`, or a CloudError naming it."""
+    found = find(name, ignore_missing=True)
+    if found is None:
+        raise CloudError(f"{where}: no {kind} {name!r}")
+    return found
+
+
+def servers_named(conn, name: str) -> list[Any]:
+    """Servers of exactly this name (Nova's name filter is a regular expression)."""
+    return list(conn.compute.servers(name=f"^{re.escape(name)}$"))
+
+
 def delete_servers_named(conn, name: str, timeout: float = 300) -> None:
     """Delete every server of exactly this name and wait until they are gone (a server's
     port and address are only free once it is)."""
-    servers = list(conn.compute.servers(name=f"^{re.escape(name)}$"))
+    servers = servers_named(conn, name)
     for server in servers:
         conn.compute.delete_server(server, ignore_missing=True)
     for server in servers:

@@ -39,6 +39,7 @@ from .cloud import (
     cloud_errors,
     connect,
     delete_servers_named,
+    find_named,
     image_property,
     server_in,
     wait_for,
@@ -139,15 +140,15 @@ def _preflight(
 ) -> list[Target]:
     """Resolve every environment; raise one error listing every problem found."""
     # What needs no cloud first: user-data for each architecture the definition builds.
-    for arch in loaded.definition.base.architectures:
-        builder_user_data(loaded, build_id, arch, settings.template_overrides)
+    user_data = {
+        arch: builder_user_data(loaded, build_id, arch, settings.template_overrides)
+        for arch in loaded.definition.base.architectures
+    }
     targets, problems = [], []
     for label in labels:
         try:
             target = _resolve(settings, loaded, label)
-            target.user_data = builder_user_data(
-                loaded, build_id, target.arch, settings.template_overrides
-            )
+            target.user_data = user_data[target.arch]  # _resolve checked the architecture
             targets.append(target)
             log(
                 f"{label}: base image {target.base_image.name!r} ({target.base_image.id}), "
@@ -173,9 +174,7 @@ def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target
     where = f"environment {label}"
     with cloud_errors(where):
         base = find_base_image(conn, settings, loaded, where)
-        flavor = conn.compute.find_flavor(pick("flavor"), ignore_missing=True)
-        if flavor is None:
-            raise CloudError(f"{where}: no flavor {pick('flavor')!r}")
+        flavor = find_named(conn.compute.find_flavor, pick("flavor"), "flavor", where)
         if (flavor.disk or 0) < (base.min_disk or 0) or (flavor.ram or 0) < (base.min_ram or 0):
             raise CloudError(
                 f"{where}: flavor {flavor.name} ({flavor.disk} GB, {flavor.ram} MiB) is below "
@@ -183,13 +182,10 @@ def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target
             )
         if not flavor.disk:
             raise CloudError(f"{where}: flavor {flavor.name} has no root disk to snapshot")
-        network = conn.network.find_network(pick("network"), ignore_missing=True)
-        if network is None:
-            raise CloudError(f"{where}: no network {pick('network')!r}")
+        network = find_named(conn.network.find_network, pick("network"), "network", where)
         groups = list(pick("security_groups") or [])
         for group in groups:
-            if conn.network.find_security_group(group, ignore_missing=True) is None:
-                raise CloudError(f"{where}: no security group {group!r}")
+            find_named(conn.network.find_security_group, group, "security group", where)
         zone = pick("compute_az")
         if zone is not None:
             check_compute_az(conn, zone, where)
@@ -246,6 +242,7 @@ class _Bake:
         self.on_failure = Cleanup(log)  # this bake's images: kept only if all environments succeed
         self.cancel = threading.Event()
         self._lock = threading.Lock()
+        self.inputs_hash = loaded.inputs_hash()  # reads every element file: once per bake
 
     def register(self, cleanup: Cleanup, what: str, action: Callable[[], None]) -> None:
         with self._lock:
@@ -325,7 +322,7 @@ class _Bake:
                     TAG: "builder",
                     "bakery_build_id": build_id,
                     "bakery_definition": self.loaded.name,
-                    "bakery_inputs_hash": self.loaded.inputs_hash(),
+                    "bakery_inputs_hash": self.inputs_hash,
                 },
                 tags=[TAG],
             )
@@ -361,7 +358,9 @@ class _Bake:
         self._stop_if_cancelled(f"snapshotting {build_id}")
         with cloud_errors(f"{where}: snapshotting the builder"):
             image = conn.compute.create_server_image(
-                server_id, name=build_id, metadata=_image_properties(build_id, self.loaded, target)
+                server_id,
+                name=build_id,
+                metadata=_image_properties(build_id, self.loaded, self.inputs_hash, target),
             )
             # Tagged at once: should this image ever be left behind, `rebuild` finds it.
             conn.image.add_tag(image, TAG)
@@ -406,7 +405,9 @@ def _active(conn, image_id: str, where: str):
     return image if image.status == "active" else None
 
 
-def _image_properties(build_id: str, loaded: LoadedDefinition, target: Target) -> dict[str, str]:
+def _image_properties(
+    build_id: str, loaded: LoadedDefinition, inputs_hash: str, target: Target
+) -> dict[str, str]:
     """What the image says about itself. Nova copies the base image's properties (SCS
     metadata, hw_*) into the snapshot; these are added or replace them."""
     base = target.base_image
@@ -416,7 +417,7 @@ def _image_properties(build_id: str, loaded: LoadedDefinition, target: Target) -
         "bakery_status": "candidate",
         "bakery_definition": loaded.name,
         "bakery_build_id": build_id,
-        "bakery_inputs_hash": loaded.inputs_hash(),
+        "bakery_inputs_hash": inputs_hash,
         "bakery_base_image_id": base.id,
         "bakery_base_build_date": str(image_property(base, "image_build_date") or base.created_at),
         "image_build_date": now.strftime("%Y-%m-%d %H:%M"),

@@ -19,6 +19,12 @@ from typing import Any
 from .cloud import TAG, image_property
 
 
+def utc(timestamp: Any) -> dt.datetime:
+    """An OpenStack timestamp ('2026-11-26T01:02:03Z', or without a zone) as aware UTC."""
+    moment = dt.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
 @dataclass(frozen=True)
 class Generation:
     image_id: str
@@ -34,7 +40,6 @@ class Generation:
         def prop(key: str) -> str:
             return str(image_property(image, key) or "")
 
-        created = dt.datetime.fromisoformat(str(image.created_at).replace("Z", "+00:00"))
         return cls(
             image_id=image.id,
             name=image.name,
@@ -42,7 +47,7 @@ class Generation:
             build_id=prop("bakery_build_id"),
             inputs_hash=prop("bakery_inputs_hash"),
             base_image_id=prop("bakery_base_image_id"),
-            created=created if created.tzinfo else created.replace(tzinfo=dt.UTC),
+            created=utc(image.created_at),
         )
 
 
@@ -102,9 +107,6 @@ def stale_builders(conn, now: dt.datetime, grace: dt.timedelta) -> list[Any]:
     for server in conn.compute.servers():
         if (server.metadata or {}).get(TAG) != "builder":
             continue
-        created = dt.datetime.fromisoformat(str(server.created_at).replace("Z", "+00:00"))
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=dt.UTC)
-        if now - created > grace:
+        if now - utc(server.created_at) > grace:
             stale.append(server)
     return stale

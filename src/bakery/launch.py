@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import functools
 import ipaddress
-import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,8 +41,10 @@ from .cloud import (
     cloud_errors,
     connect,
     delete_servers_named,
+    find_named,
     image_property,
     server_in,
+    servers_named,
     wait_for,
 )
 from .config import AvailabilityZone, Settings
@@ -150,31 +151,25 @@ def _resolve(settings: Settings, label: str, az: AvailabilityZone, conn) -> AzTa
         if newest is None:
             raise CloudError(f"{where}: no released image of {definition}: run `invoke bake` first")
         image = conn.image.get_image(newest.image_id)
-        flavor = conn.compute.find_flavor(az.flavor, ignore_missing=True)
-        if flavor is None:
-            raise CloudError(f"{where}: no flavor {az.flavor!r}")
+        flavor = find_named(conn.compute.find_flavor, az.flavor, "flavor", where)
         if (flavor.disk or 0) < (image.min_disk or 0):
             raise CloudError(
                 f"{where}: flavor {flavor.name} has a {flavor.disk} GB disk; image "
                 f"{image.name} needs {image.min_disk} GB"
             )
-        network = conn.network.find_network(az.network, ignore_missing=True)
-        if network is None:
-            raise CloudError(f"{where}: no network {az.network!r}")
+        network = find_named(conn.network.find_network, az.network, "network", where)
         subnet = _subnet(conn, network, az, where)
         for address in az.addresses:
             query = {"network_id": network.id, "fixed_ips": f"ip_address={address}"}
             taken = list(conn.network.ports(**query))
             if taken:
                 raise CloudError(f"{where}: address {address} is taken by port {taken[0].id}")
-        group_ids = []
-        for group in az.security_groups:
-            found = conn.network.find_security_group(group, ignore_missing=True)
-            if found is None:
-                raise CloudError(f"{where}: no security group {group!r}")
-            group_ids.append(found.id)
-        if az.key_pair is not None and conn.compute.find_keypair(az.key_pair) is None:
-            raise CloudError(f"{where}: no key pair {az.key_pair!r}")
+        group_ids = [
+            find_named(conn.network.find_security_group, group, "security group", where).id
+            for group in az.security_groups
+        ]
+        if az.key_pair is not None:
+            find_named(conn.compute.find_keypair, az.key_pair, "key pair", where)
         if az.compute_az is not None:
             check_compute_az(conn, az.compute_az, where)
     return AzTarget(
@@ -231,9 +226,8 @@ def _render_problems(settings: Settings, labels: list[str], targets) -> list[str
     for name, label, _ in planning.node_slots(settings, labels):
         target = targets[label]
         with cloud_errors(f"environment {target.environment}"):
-            existing = [
-                ("server", r) for r in target.conn.compute.servers(name=f"^{re.escape(name)}$")
-            ] + [("port", r) for r in target.conn.network.ports(name=port_name(name))]
+            existing = [("server", r) for r in servers_named(target.conn, name)]
+            existing += [("port", r) for r in target.conn.network.ports(name=port_name(name))]
         problems += [
             f"environment {target.environment}: a {kind} {resource.name} exists "
             f"({resource.id}); launch creates new nodes only"

@@ -54,27 +54,30 @@ def rebuild(
     loaded = load_definition(settings.image.definition)
     # Only reading the clouds: a bad config or an unreachable cloud changes nothing, not even
     # the state directory.
-    reasons = _reasons(settings, loaded, force)
+    conns = {label: connect(label, env) for label, env in settings.environments.items()}
+    reasons = _reasons(settings, loaded, conns, force)
     result = RebuildResult(reasons)
     for label, why in reasons.items():
         log(f"{label}: " + ("; ".join(why) if why else "current"))
     if dry_run:
-        _retire(settings, loaded, result, dry_run, log)
+        _retire(settings, loaded, conns, result, dry_run, log)
         return result
     with _only_one_rebuild(settings):
         if any(reasons.values()):
             result.baked = cloudbake.bake(settings, log=log)
-        _retire(settings, loaded, result, dry_run, log)
+        _retire(settings, loaded, conns, result, dry_run, log)
     return result
 
 
-def _reasons(settings: Settings, loaded: LoadedDefinition, force: bool) -> dict[str, list[str]]:
+def _reasons(
+    settings: Settings, loaded: LoadedDefinition, conns: dict, force: bool
+) -> dict[str, list[str]]:
     now = dt.datetime.now(dt.UTC)
     max_age = dt.timedelta(days=settings.image.max_age_days)
+    inputs_hash = loaded.inputs_hash()
     reasons = {}
-    for label, environment in settings.environments.items():
+    for label, conn in conns.items():
         where = f"environment {label}"
-        conn = connect(label, environment)
         with cloud_errors(where):
             newest = newest_released(generations(conn, loaded.name))
             base = cloudbake.find_base_image(conn, settings, loaded, where)
@@ -82,7 +85,7 @@ def _reasons(settings: Settings, loaded: LoadedDefinition, force: bool) -> dict[
         if newest is None:
             why.append(f"no released image of {loaded.name}")
         else:
-            if newest.inputs_hash != loaded.inputs_hash():
+            if newest.inputs_hash != inputs_hash:
                 why.append(f"{newest.name} was built from other inputs than this checkout's")
             if newest.base_image_id != base.id:
                 why.append(f"a newer base image: {base.name} ({base.id})")
@@ -93,18 +96,18 @@ def _reasons(settings: Settings, loaded: LoadedDefinition, force: bool) -> dict[
     return reasons
 
 
-def _retire(settings, loaded, result: RebuildResult, dry_run: bool, log) -> None:
+def _retire(settings, loaded, conns: dict, result: RebuildResult, dry_run: bool, log) -> None:
     grace = dt.timedelta(seconds=settings.image.build_timeout + cloudbake.SNAPSHOT_TIMEOUT)
     grace += CANDIDATE_GRACE_MARGIN
     verb = "would" if dry_run else "will"
-    for label, environment in settings.environments.items():
-        conn = connect(label, environment)
+    for label, conn in conns.items():
         with cloud_errors(f"environment {label}: retiring old generations"):
+            now = dt.datetime.now(dt.UTC)
             plan = plan_retirement(
                 generations(conn, loaded.name),
                 images_in_use(conn),
                 settings.image.keep_released,
-                dt.datetime.now(dt.UTC),
+                now,
                 grace,
             )
             for gen in plan.kept_in_use:
@@ -117,7 +120,7 @@ def _retire(settings, loaded, result: RebuildResult, dry_run: bool, log) -> None
                 log(f"{label}: {verb} delete {gen.name} ({gen.status})")
                 if not dry_run:
                     conn.image.delete_image(gen.image_id, ignore_missing=True)
-            for server in stale_builders(conn, dt.datetime.now(dt.UTC), grace):
+            for server in stale_builders(conn, now, grace):
                 log(f"{label}: {verb} delete stale builder {server.name} ({server.id})")
                 if not dry_run:
                     delete_servers_named(conn, server.name)

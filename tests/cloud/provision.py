@@ -229,10 +229,14 @@ def upload_base_image(conn: openstack.connection.Connection, name: str, **proper
 
 
 def wait_for_image(conn: openstack.connection.Connection, image_id: str, timeout: float = 60):
+    """Until the image is active; an image that is neither on its way there nor active is an
+    error at once."""
     deadline = time.monotonic() + timeout
     while (image := conn.image.get_image(image_id)).status != "active":
+        if image.status not in ("queued", "saving"):
+            raise RuntimeError(f"image {image_id} is {image.status}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"image {image_id} not active after {timeout} s")
+            raise TimeoutError(f"image {image_id} still {image.status} after {timeout} s")
         time.sleep(0.3)
     return image
 

@@ -38,12 +38,7 @@ def envs(cloud, released):
     conns = {name: cloud.connect(name) for name in cloud.clouds}
     yield conns
     for conn in conns.values():
-        for server in conn.compute.servers():
-            conn.compute.delete_server(server)
-            conn.compute.wait_for_delete(server, interval=1, wait=120)
-        for port in conn.network.ports():
-            if "bakery" in (port.tags or []):
-                conn.network.delete_port(port)
+        remove_leftovers(conn, images=False)  # the module's released images stay
 
 
 def _launch_config(cloud, tmp_path, **changes):

@@ -9,7 +9,7 @@ import time
 import openstack.exceptions
 import pytest
 
-from .provision import BASE_IMAGE, BASE_IMAGE_PROPERTIES
+from .provision import BASE_IMAGE, BASE_IMAGE_PROPERTIES, wait_for_image
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,15 +47,6 @@ def _results(lines: list[str]) -> list[dict]:
 def _prop(image, key: str):
     """An image property, whether openstacksdk models it as an attribute or not."""
     return image.properties.get(key, getattr(image, key, None))
-
-
-def _wait_image_active(conn, image_id: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while (image := conn.image.get_image(image_id)).status != "active":
-        assert image.status in ("queued", "saving"), image.status
-        assert time.monotonic() < deadline, f"image {image_id} still {image.status}"
-        time.sleep(0.5)
-    return image
 
 
 def _delete_servers(conn, servers) -> None:
@@ -106,7 +97,7 @@ def test_boot_in_both_azs_snapshot_and_isolation(cloud):
         assert any(line.startswith("bakery-guest: user-data ") for line in lines)
 
         snapshot = env1.compute.create_server_image(servers[0], name="smoke-snapshot")
-        image = _wait_image_active(env1, snapshot.id)
+        image = wait_for_image(env1, snapshot.id)
         for key in ("os_distro", "os_version", "image_build_date", "os_purpose"):
             assert _prop(image, key) == BASE_IMAGE_PROPERTIES[key], key
         assert _prop(image, "image_type") == "snapshot"

@@ -49,9 +49,10 @@ def own_images(conn) -> list:
     ]
 
 
-def remove_leftovers(conn, image_names: tuple[str, ...] = ()) -> list[str]:
-    """Delete every server, bakery port and bakery image (and the named images) of the
-    project; return the servers and ports found, which a test may not have left."""
+def remove_leftovers(conn, image_names: tuple[str, ...] = (), images: bool = True) -> list[str]:
+    """Delete every server, bakery port and (unless `images` is false) bakery image and the
+    named images of the project; return the servers and ports found, which a test may not
+    have left."""
     found = []
     for server in conn.compute.servers():
         found.append(f"server {server.name}")
@@ -61,6 +62,8 @@ def remove_leftovers(conn, image_names: tuple[str, ...] = ()) -> list[str]:
         if "bakery" in (port.tags or []):
             found.append(f"port {port.name}")
             conn.network.delete_port(port, ignore_missing=True)
+    if not images:
+        return found
     for image in own_images(conn) + [
         i for i in conn.image.images(owner=conn.current_project_id) if i.name in image_names
     ]:

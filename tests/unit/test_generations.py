@@ -50,6 +50,7 @@ def test_candidates_go_only_when_no_bake_can_still_be_running():
 def test_a_second_rebuild_stops_before_baking_or_retiring(tmp_path, monkeypatch):
     settings = load_settings(base_config(tmp_path))
     # What the clouds say is beside the point here: every environment is due.
+    monkeypatch.setattr(rebuild_module, "connect", lambda *_: None)
     monkeypatch.setattr(rebuild_module, "_reasons", lambda *_: {"prod1": ["due"]})
     monkeypatch.setattr(rebuild_module.cloudbake, "bake", _must_not_run)
     monkeypatch.setattr(rebuild_module, "_retire", _must_not_run)
