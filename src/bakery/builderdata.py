@@ -66,6 +66,18 @@ def stage_elements(
     (staging / "build.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 
+def staged_element_env(
+    loaded: LoadedDefinition, arch: str, build_id: str, consul_artifacts: bool = False
+) -> dict[str, str]:
+    """The elements' inputs, with the paths of what `stage_elements` lays out in STAGING."""
+    return loaded.element_env(
+        arch,
+        build_id,
+        lock_in_target=f"{STAGING}/patroni.lock",
+        consul_artifacts_in_target=f"{STAGING}/consul-artifacts" if consul_artifacts else None,
+    )
+
+
 def elements_tarball(loaded: LoadedDefinition, env: dict[str, str]) -> bytes:
     """The staging as a .tar.gz with fixed owners and times, so equal inputs give equal bytes."""
     with tempfile.TemporaryDirectory(prefix="bakery-stage-") as tmp:
@@ -101,7 +113,7 @@ def builder_user_data(
             f"image definition {loaded.name}: components.consul.artifacts_dir is for offline "
             "local builds; a cloud builder downloads Consul: remove artifacts_dir or set url"
         )
-    env = loaded.element_env(arch, build_id, lock_in_target=f"{STAGING}/patroni.lock")
+    env = staged_element_env(loaded, arch, build_id)
     tarball = elements_tarball(loaded, env)
     write_files = [
         {

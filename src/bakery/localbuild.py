@@ -38,7 +38,13 @@ from pathlib import Path
 
 import yaml
 
-from .builderdata import STAGING, builder_user_data, stage_elements, write_files_into
+from .builderdata import (
+    STAGING,
+    builder_user_data,
+    stage_elements,
+    staged_element_env,
+    write_files_into,
+)
 from .cleanup import Cleanup, Terminated, interrupt_on_sigterm, shielded_from_interrupts
 from .commands import CommandError, run_command
 from .errors import BakeryError, BuildError
@@ -336,14 +342,7 @@ class Builder:
 
     # -- elements ---------------------------------------------------------------------------
     def element_env(self, tree_has_artifacts: bool) -> dict[str, str]:
-        return self.loaded.element_env(
-            self.arch,
-            self.build_id,
-            lock_in_target=f"{STAGING}/patroni.lock",
-            consul_artifacts_in_target=f"{STAGING}/consul-artifacts"
-            if tree_has_artifacts
-            else None,
-        )
+        return staged_element_env(self.loaded, self.arch, self.build_id, tree_has_artifacts)
 
     def run_as_cloud_builder(self, cleanup: Cleanup) -> dict:
         """Run the elements as a cloud builder VM does: the files of the builder's user-data
