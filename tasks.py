@@ -80,7 +80,7 @@ def _settings(c):
 def render(c, az, out="out/render"):
     """Render every node's bundle and user-data, without any cloud access."""
     with _reported(c):
-        from bakery.render import check_output, render_cluster, write_bundles
+        from bakery.node.render import check_output, render_cluster, write_bundles
 
         settings = _settings(c)
         check_output(Path(out))
@@ -139,7 +139,7 @@ def bake(c, environment, target="cloud", definition=None, out=None):
         if target == "local":
             _bake_local(c, definition, out, environment)
             return
-        from bakery.cloudbake import bake as bake_in_cloud
+        from bakery.cloud.bake import bake as bake_in_cloud
 
         result = bake_in_cloud(_settings(c), definition, environment or None, log=_progress)
         for image in result.images:
@@ -149,7 +149,7 @@ def bake(c, environment, target="cloud", definition=None, out=None):
 
 def _bake_local(c, definition, out, environment):
     from bakery.errors import BakeryError
-    from bakery.localbuild import build
+    from bakery.image.localbuild import build
 
     if environment:
         raise BakeryError("bake --environment is for --target cloud; a local bake has none")
@@ -170,7 +170,7 @@ def _bake_local(c, definition, out, environment):
 def launch(c, az):
     """Start the PostgreSQL nodes of the chosen AZs from the newest released image."""
     with _reported(c):
-        from bakery.launch import launch as launch_nodes
+        from bakery.cloud.launch import launch as launch_nodes
 
         result = launch_nodes(_settings(c), az, log=_progress)
         for node in result.nodes:
@@ -187,7 +187,7 @@ def launch(c, az):
 def rebuild(c, force=False, dry_run=False):
     """Bake a new generation if inputs, base image or age call for it; retire old ones."""
     with _reported(c):
-        from bakery.rebuild import rebuild as run_rebuild
+        from bakery.cloud.rebuild import rebuild as run_rebuild
 
         result = run_rebuild(_settings(c), force=force, dry_run=dry_run, log=_progress)
         if result.baked is not None:

@@ -303,7 +303,7 @@ def topology_problems(settings: Settings) -> list[Problem]:
     problems += _environment_problems(settings)
     problems += _dcs_problems(settings)
     if not problems:
-        from .plan import dcs_survival_problems  # plan imports this module
+        from .node.plan import dcs_survival_problems  # plan imports this module
 
         problems += dcs_survival_problems(settings, list(settings.azs))
     problems += _overlay_problems(settings)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bakery.imagedef import load_definition
+from bakery.image.definition import load_definition
 from tests.helpers import INVOKE, PROJECT
 
 from .provision import BASE_IMAGE_PROPERTIES, upload_base_image, wait_for_image

@@ -9,9 +9,9 @@ import ipaddress
 import pytest
 from cryptography import x509
 
-from bakery.bundle import NodePaths
+from bakery.cloud.launch import launch
 from bakery.config import load_settings
-from bakery.launch import launch
+from bakery.node.bundle import NodePaths
 
 from .workflow import cluster_config, own_images, remove_leftovers, run_task
 

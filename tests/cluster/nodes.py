@@ -20,7 +20,7 @@ from bundle import NodeBundle, parse_envfile, place
 from netns import Host
 from processes import Started, Supervisor, alive, minimal_env
 
-from bakery.bundle import service_commands
+from bakery.node.bundle import service_commands
 from tests.owned_netns import kill_processes_in, ns_inode, ns_path, pids_in_netns
 
 PG_MAJOR = 14

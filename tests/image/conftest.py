@@ -22,8 +22,8 @@ import imagetest_harness as harness
 import pytest
 import yaml
 
-from bakery import localbuild
-from bakery.imagedef import PROJECT_ROOT, load_definition
+from bakery.image import localbuild
+from bakery.image.definition import PROJECT_ROOT, load_definition
 from tests.owned_netns import report_sweep
 from tests.sigterm import teardown_first
 

@@ -14,7 +14,7 @@ import imagetest_harness as harness
 import pytest
 import yaml
 
-from bakery.imagedef import load_definition
+from bakery.image.definition import load_definition
 
 pytestmark = pytest.mark.slow
 

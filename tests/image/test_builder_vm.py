@@ -17,11 +17,11 @@ import imagetest_harness as harness
 import pytest
 import yaml
 
-from bakery.builderdata import builder_user_data
 from bakery.cleanup import Cleanup
-from bakery.imagedef import PROJECT_ROOT, load_definition
-from bakery.localbuild import PARTITION_OFFSET
-from bakery.manifest import last_result, manifest_problems
+from bakery.image.builderdata import builder_user_data
+from bakery.image.definition import PROJECT_ROOT, load_definition
+from bakery.image.localbuild import PARTITION_OFFSET
+from bakery.image.manifest import last_result, manifest_problems
 from tests.sigterm import teardown_first
 
 pytestmark = pytest.mark.slow

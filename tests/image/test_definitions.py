@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bakery import imagedef
-from bakery.imagedef import (
+from bakery.image import definition as imagedef
+from bakery.image.definition import (
     IMAGES_DIR,
     SCRIPTS_DIR,
     ImageDefinitionError,

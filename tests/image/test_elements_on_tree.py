@@ -12,9 +12,9 @@ import imagetest_harness as harness
 import pytest
 import yaml
 
-from bakery import hostfs, localbuild
 from bakery.cleanup import Cleanup
-from bakery.imagedef import IMAGES_DIR, load_definition
+from bakery.image import hostfs, localbuild
+from bakery.image.definition import IMAGES_DIR, load_definition
 
 pytestmark = pytest.mark.slow
 CONSUL_VERSION = "1.20.2"
@@ -131,7 +131,7 @@ def test_interrupted_build_releases_mounts_and_loop_devices(built, tmp_path, sig
     out = tmp_path / "out"
     loops_before = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bakery.localbuild", "--definition",
+        [sys.executable, "-m", "bakery.image.localbuild", "--definition",
          str(IMAGES_DIR / "local-test.yaml"), "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

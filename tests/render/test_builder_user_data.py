@@ -10,9 +10,9 @@ import tarfile
 import pytest
 import yaml
 
-from bakery.builderdata import builder_user_data, write_files_into
 from bakery.checks import parse_envfile
-from bakery.imagedef import load_definition
+from bakery.image.builderdata import builder_user_data, write_files_into
+from bakery.image.definition import load_definition
 from tests.render.validators import cloud_init_schema
 
 BUILD_ID = "postgresql14-patroni-20261126T000000Z-0123abcd"

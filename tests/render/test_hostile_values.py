@@ -18,7 +18,7 @@ from bakery.ca import create_missing
 from bakery.checks import load_hcl, parse_envfile
 from bakery.config import load_settings
 from bakery.errors import BakeryError
-from bakery.render import render_cluster
+from bakery.node.render import render_cluster
 from tests.helpers import base_config, merged
 
 SPICE = [

@@ -9,7 +9,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from bakery.manifest import last_result
+from bakery.image.manifest import last_result
 from tests.helpers import PROJECT
 
 RUNNER = PROJECT / "cloud-init/builder-run.sh"

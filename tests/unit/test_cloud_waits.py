@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bakery.cloud import Cancelled, CloudError, wait_for
+from bakery.cloud.api import Cancelled, CloudError, wait_for
 
 
 def test_wait_for_returns_the_first_answer():

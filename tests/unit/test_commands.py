@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from bakery import commands
 from bakery.cleanup import Cleanup, ReleaseError, interrupt_on_sigterm
-from bakery.commands import CommandError, live_members, run_command
 from bakery.errors import BakeryError, BuildError
-from bakery.hostfs import chroot_mounts, umount
-from bakery.imagedef import IMAGES_DIR, load_definition
-from bakery.localbuild import Builder
+from bakery.image import commands
+from bakery.image.commands import CommandError, live_members, run_command
+from bakery.image.definition import IMAGES_DIR, load_definition
+from bakery.image.hostfs import chroot_mounts, umount
+from bakery.image.localbuild import Builder
 
 
 @pytest.fixture

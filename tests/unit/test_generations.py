@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from bakery import rebuild as rebuild_module
+from bakery.cloud import rebuild as rebuild_module
+from bakery.cloud.generations import Generation, plan_retirement
 from bakery.config import load_settings
 from bakery.errors import BakeryError
-from bakery.generations import Generation, plan_retirement
 from tests.helpers import base_config
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
@@ -79,7 +79,7 @@ def _must_not_run(*_args, **_kwargs):
 def test_only_builders_older_than_any_running_bake_are_stale():
     from types import SimpleNamespace
 
-    from bakery.generations import stale_builders
+    from bakery.cloud.generations import stale_builders
 
     def server(name, metadata, hours_ago):
         created = (NOW - dt.timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")

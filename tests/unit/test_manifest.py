@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from bakery.imagedef import load_definition
-from bakery.manifest import last_result, manifest_problems
+from bakery.image.definition import load_definition
+from bakery.image.manifest import last_result, manifest_problems
 
 BUILD_ID = "postgresql14-patroni-20261126T000000Z-0123abcd"
 

@@ -4,9 +4,9 @@ import ipaddress
 
 import pytest
 
-from bakery import plan
 from bakery.config import Settings, load_settings
 from bakery.errors import ConfigError
+from bakery.node import plan
 from tests.helpers import DELETE, base_config, merged
 
 

@@ -25,15 +25,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import plan as planning
-from .bundle import Bundle, build_bundles
-from .cleanup import (
+from ..cleanup import (
     Cleanup,
     interrupt_on_sigterm,
     interrupts_deferred,
     shielded_from_interrupts,
 )
-from .cloud import (
+from ..config import AvailabilityZone, Settings
+from ..errors import BakeryError
+from ..node import plan as planning
+from ..node.bundle import Bundle, build_bundles
+from .api import (
     TAG,
     CloudError,
     PreflightError,
@@ -47,8 +49,6 @@ from .cloud import (
     servers_named,
     wait_for,
 )
-from .config import AvailabilityZone, Settings
-from .errors import BakeryError
 from .generations import generations, newest_released
 
 BOOT_TIMEOUT = 600

@@ -23,10 +23,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, StringConstraints, ValidationError
 
-from .errors import BakeryError, Problem
-from .validation import Label, Model, problem_of
+from ..errors import BakeryError, Problem
+from ..validation import Label, Model, problem_of
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 IMAGES_DIR = PROJECT_ROOT / "images"
 SCRIPTS_DIR = PROJECT_ROOT / "scripts"
 # What a builder (cloud VM or local chroot) runs first; it starts run-elements.

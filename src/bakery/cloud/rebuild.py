@@ -19,10 +19,11 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import cloudbake
-from .cloud import cloud_errors, connect, delete_servers_named
-from .config import Settings
-from .errors import BakeryError
+from ..config import Settings
+from ..errors import BakeryError
+from ..image.definition import LoadedDefinition, load_definition
+from . import bake as cloudbake
+from .api import cloud_errors, connect, delete_servers_named
 from .generations import (
     generations,
     images_in_use,
@@ -30,7 +31,6 @@ from .generations import (
     plan_retirement,
     stale_builders,
 )
-from .imagedef import LoadedDefinition, load_definition
 
 # A candidate younger than this may belong to a bake still running elsewhere.
 CANDIDATE_GRACE_MARGIN = dt.timedelta(hours=1)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import yaml
 
-from . import checks
-from .bundle import USER_DATA_LIMIT
-from .errors import BakeryError
-from .imagedef import BUILDER_RUNNER, SCRIPTS_DIR, LoadedDefinition
-from .templating import make_environment, render
+from .. import checks
+from ..errors import BakeryError
+from ..node.bundle import USER_DATA_LIMIT
+from ..templating import make_environment, render
+from .definition import BUILDER_RUNNER, SCRIPTS_DIR, LoadedDefinition
 
 STAGING = "/run/bakery"  # tmpfs in the VM: nothing of the staging ends up in the snapshot
 

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .config import Environment
-from .errors import BakeryError
+from ..config import Environment
+from ..errors import BakeryError
 
 if TYPE_CHECKING:
     from openstack.connection import Connection

@@ -16,7 +16,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from .cloud import TAG, image_property
+from .api import TAG, image_property
 
 
 def utc(timestamp: Any) -> dt.datetime:

@@ -17,7 +17,7 @@ included; a release that fails is reported with what to remove by hand and never
 first error. Every command runs through `bakery.commands.run_command`: its own process group,
 killed whole however it ends, and a CommandError (a BuildError) for any failure or timeout.
 
-    python -m bakery.localbuild --definition images/local-test.yaml --out build/local-test
+    python -m bakery.image.localbuild --definition images/local-test.yaml --out build/local-test
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from pathlib import Path
 
 import yaml
 
+from ..cleanup import Cleanup, Terminated, interrupt_on_sigterm, shielded_from_interrupts
+from ..errors import BakeryError, BuildError
 from .builderdata import (
     STAGING,
     builder_user_data,
@@ -45,9 +47,8 @@ from .builderdata import (
     staged_element_env,
     write_files_into,
 )
-from .cleanup import Cleanup, Terminated, interrupt_on_sigterm, shielded_from_interrupts
 from .commands import CommandError, run_command
-from .errors import BakeryError, BuildError
+from .definition import LoadedDefinition, load_definition
 from .hostfs import (
     chroot_mounts,
     detach,
@@ -57,7 +58,6 @@ from .hostfs import (
     overlay_changes,
     umount,
 )
-from .imagedef import LoadedDefinition, load_definition
 from .manifest import last_result, manifest_problems
 
 ROOT_LABEL = "bakery-root"
@@ -568,7 +568,7 @@ def build(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bakery.localbuild", description=__doc__.split("\n\n")[0]
+        prog="python -m bakery.image.localbuild", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--definition", required=True, help="images/<name>.yaml or a name")
     parser.add_argument("--out", required=True, type=Path, help="output directory")

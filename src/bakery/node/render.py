@@ -12,11 +12,11 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..config import Settings
+from ..errors import BakeryError
+from ..files import write_file
 from . import plan as planning
 from .bundle import Bundle, build_bundles, describe, node_file_path
-from .config import Settings
-from .errors import BakeryError
-from .files import write_file
 
 MANIFEST = "manifest.json"
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import checks
-from .config import Settings
-from .errors import BakeryError, ConfigError, Problem
+from .. import checks
+from ..config import Settings
+from ..errors import BakeryError, ConfigError, Problem
+from ..secrets import Secret, SecretStore
+from ..templating import make_environment, render
 from .plan import Node, Plan
-from .secrets import Secret, SecretStore
-from .templating import make_environment, render
 
 # Nova refuses user-data whose base64 form is larger than this.
 USER_DATA_LIMIT = 65535
@@ -113,7 +113,7 @@ def _check_addresses_allowed(settings: Settings, plan: Plan) -> None:
 
 
 def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMaterial:
-    from . import pki  # cryptography is heavy: loaded only when certificates are needed
+    from .. import pki  # cryptography is heavy: loaded only when certificates are needed
 
     ca = pki.load_ca(settings.pki.ca_cert, settings.pki.ca_key, "bakery.pki")
     consul = settings.cluster.dcs.consul if settings.cluster.dcs.type == "consul" else None
@@ -157,7 +157,7 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
 
 
 def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> Bundle:
-    from . import pki
+    from .. import pki
 
     cluster = settings.cluster
     paths = NodePaths(cluster.postgresql.major)
@@ -310,7 +310,7 @@ def pg_hba(networks: list) -> list[str]:
 
 
 def _nebula_files(settings, env, context, node: Node, node_dir: Path) -> list[BundleFile]:
-    from . import pki
+    from .. import pki
 
     overlay = settings.overlay
     host = pki.nebula_host(
@@ -340,7 +340,7 @@ def _nebula_files(settings, env, context, node: Node, node_dir: Path) -> list[Bu
 
 
 def _consul_files(settings, env, context, material, node: Node, node_dir: Path):
-    from . import pki
+    from .. import pki
 
     consul = settings.cluster.dcs.consul
     consul_context = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .imagedef import LoadedDefinition
+from .definition import LoadedDefinition
 
 RESULT_PREFIX = "BAKERY-RESULT "
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
-from .errors import BuildError
+from ..errors import BuildError
 
 TAIL_LINES = 15
 TERM_GRACE = 10.0  # seconds between SIGTERM and SIGKILL

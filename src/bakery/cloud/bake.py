@@ -28,9 +28,13 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from .builderdata import BuilderUserData, builder_user_data
-from .cleanup import Cleanup, ReleaseError, interrupt_on_sigterm, shielded_from_interrupts
-from .cloud import (
+from ..cleanup import Cleanup, ReleaseError, interrupt_on_sigterm, shielded_from_interrupts
+from ..config import Settings, builder_problems, first_az
+from ..errors import BakeryError, ConfigError, Problem
+from ..image.builderdata import BuilderUserData, builder_user_data
+from ..image.definition import LoadedDefinition, load_definition
+from ..image.manifest import last_result, manifest_problems
+from .api import (
     TAG,
     Cancelled,
     CloudError,
@@ -44,10 +48,6 @@ from .cloud import (
     server_in,
     wait_for,
 )
-from .config import Settings, builder_problems, first_az
-from .errors import BakeryError, ConfigError, Problem
-from .imagedef import LoadedDefinition, load_definition
-from .manifest import last_result, manifest_problems
 
 ARCH_OF_IMAGE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 SNAPSHOT_TIMEOUT = 1800

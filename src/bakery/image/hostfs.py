@@ -16,7 +16,7 @@ import stat as stat_mod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .cleanup import Cleanup, ReleaseError
+from ..cleanup import Cleanup, ReleaseError
 from .commands import CommandError, RunCommand, run_command
 
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Settings
-from .errors import BakeryError, ConfigError, Problem
-from .files import write_private
+from ..config import Settings
+from ..errors import BakeryError, ConfigError, Problem
+from ..files import write_private
 
 IPv4 = ipaddress.IPv4Address
 

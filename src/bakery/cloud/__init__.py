@@ -1,0 +1,1 @@
+"""OpenStack: connections, the cloud bake, image generations, rebuild, launch."""

@@ -1,0 +1,1 @@
+"""The golden image: definitions, the builder's payload, the local build, manifests."""
