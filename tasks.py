@@ -164,12 +164,25 @@ def _bake_local(c, definition, out, environment):
 
 
 @task(
-    help={"az": "AZ label from the config (repeat: --az a --az b); default: every AZ"},
+    help={
+        "az": "AZ label from the config (repeat: --az a --az b); default: every AZ",
+        "target": "'cloud' (default: the newest released image) or 'local' (QEMU VMs of the "
+        "local bake on this machine, as root)",
+        "dry_run": "local: print the plan and create nothing",
+    },
     iterable=["az"],
 )
-def launch(c, az):
+def launch(c, az, target="cloud", dry_run=False):
     """Start the PostgreSQL nodes of the chosen AZs from the newest released image."""
     with _reported(c):
+        _check_target("launch", target)
+        if target == "local":
+            _launch_local(c, az, dry_run)
+            return
+        if dry_run:
+            from bakery.errors import BakeryError
+
+            raise BakeryError("launch --dry-run: only with --target local")
         from bakery.cloud.launch import launch as launch_nodes
 
         result = launch_nodes(_settings(c), az, log=_progress)
@@ -201,8 +214,69 @@ def rebuild(c, force=False, dry_run=False):
                 print(f"{label}: {'would delete' if dry_run else 'deleted'} {', '.join(names)}")
 
 
+def _check_target(name: str, target: str, allowed: tuple[str, ...] = ("cloud", "local")) -> None:
+    if target not in allowed:
+        from bakery.errors import BakeryError
+
+        shown = " and ".join(repr(t) for t in allowed)
+        raise BakeryError(
+            f"{name} --target {target!r}: allowed {'is' if len(allowed) == 1 else 'are'} {shown}"
+        )
+
+
+def _launch_local(c, az, dry_run):
+    from bakery.local.launch import launch as launch_local
+
+    result = launch_local(_settings(c), az, dry_run=dry_run, log=_progress)
+    if dry_run:
+        print("\n".join(result.lines()))
+        print("dry run: nothing was created")
+        return
+    print(result.table)
+    print(f"local cluster {result.run}: healthy after {result.seconds:.0f} s")
+    print(f"tear it down: {_invocation(c)} destroy --target local")
+
+
+def _invocation(c) -> str:
+    """How this command was called, to print the next one (same program, same -f file)."""
+    import shlex
+    import sys
+
+    program = sys.argv[0] if "/" in sys.argv[0] else "invoke"
+    config = c.config._runtime_path
+    return shlex.join([program, *(["-f", str(config)] if config else [])])
+
+
+@task(help={"target": "'local': the cluster `invoke launch --target local` started here"})
+def status(c, target="local"):
+    """Show the cluster's nodes, roles and replication, as their consoles report them."""
+    with _reported(c):
+        _check_target("status", target, ("local",))
+        from bakery.local.status import status as local_status
+
+        result = local_status(_settings(c))
+        print(result.heading)
+        print(result.table)
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        print(result.verdict)
+        if not result.healthy:
+            raise Exit(code=1)
+
+
+@task(help={"target": "'local': the cluster `invoke launch --target local` started here"})
+def destroy(c, target="local"):
+    """Stop the cluster and remove everything it consists of."""
+    with _reported(c):
+        _check_target("destroy", target, ("local",))
+        from bakery.local.destroy import destroy as destroy_local
+
+        run = destroy_local(_settings(c), log=_progress)
+        print(f"destroyed {run}" if run else "no local cluster of this config: nothing to destroy")
+
+
 def _progress(line: str) -> None:
     print(f"bakery: {line}", flush=True)
 
 
-ns = Collection(render, ca, check, bake, launch, rebuild)
+ns = Collection(render, ca, check, bake, launch, rebuild, status, destroy)
