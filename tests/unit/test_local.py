@@ -179,7 +179,7 @@ def test_a_node_gets_its_address_and_route_from_the_network_config(tmp_path):
         "ethernets": {
             "ens3": {
                 "addresses": ["10.201.0.10/24"],
-                "routes": [{"to": "default", "via": "10.201.0.1"}],
+                "routes": [{"to": "0.0.0.0/0", "via": "10.201.0.1"}],
                 "dhcp4": False,
                 "dhcp6": False,
             }

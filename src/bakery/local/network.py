@@ -42,6 +42,10 @@ table ip bakery_router {{
     type filter hook forward priority filter; policy accept;
     iifname "{UPLINK}" ct state != {{ established, related }} drop
   }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "{UPLINK}" ct state != {{ established, related }} drop
+  }}
 }}
 """
 

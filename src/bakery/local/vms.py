@@ -118,7 +118,7 @@ def network_config(spec: VmSpec) -> str:
         "ethernets:\n"
         f"  {GUEST_NIC}:\n"
         f"    addresses: [{spec.address}]\n"
-        f"    routes: [{{to: default, via: {spec.gateway}}}]\n"
+        f"    routes: [{{to: 0.0.0.0/0, via: {spec.gateway}}}]\n"
         "    dhcp4: false\n"
         "    dhcp6: false\n"
     )
