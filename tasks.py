@@ -249,19 +249,20 @@ def _invocation(c) -> str:
 
 @task(help={"target": "'local': the cluster `invoke launch --target local` started here"})
 def status(c, target="local"):
-    """Show the cluster's nodes, roles and replication, as their consoles report them."""
+    """The cluster's nodes and their last reports; exit 0 healthy, 1 degraded, 2 unreadable."""
     with _reported(c):
         _check_target("status", target, ("local",))
         from bakery.local.status import status as local_status
 
         result = local_status(_settings(c))
         print(result.heading)
-        print(result.table)
+        if result.table:
+            print(result.table)
         for warning in result.warnings:
             print(f"warning: {warning}")
         print(result.verdict)
-        if not result.healthy:
-            raise Exit(code=1)
+        if result.exit_code:
+            raise Exit(code=result.exit_code)
 
 
 @task(help={"target": "'local': the cluster `invoke launch --target local` started here"})

@@ -298,8 +298,8 @@ def test_bad_targets_and_options_are_refused(tmp_path):
     result = invoke("-f", str(config), "launch", "--dry-run")
     assert "launch --dry-run: only with --target local" in result.stderr
     result = invoke("-f", str(config), "status", "--target", "local")
-    assert result.returncode == 1
-    assert "no local cluster of this config" in result.stderr
+    assert result.returncode == 2
+    assert "no local cluster of this config" in result.stdout
     result = invoke("-f", str(config), "destroy", "--target", "local")
     assert result.returncode == 0, result.stderr
     assert "nothing to destroy" in result.stdout

@@ -90,15 +90,14 @@ def status_table(record: RunRecord, now: dt.datetime | None = None) -> str:
     return table(headers, rows)
 
 
-def judge(settings: Settings, record: RunRecord, max_age: float | None = None):
+def judge(settings: Settings, record: RunRecord, fresh: bool = False):
+    """The cluster's health from its last reports; `fresh`: a report older than two
+    heartbeats and a minute no longer counts (for `status`; a launch waits on first reports)."""
     from ..node.report import judge as judge_reports
+    from ..node.report import stale_after
 
-    return judge_reports(
-        node_reports(record),
-        settings.cluster.patroni.maximum_lag_on_failover,
-        dt.datetime.now(dt.UTC),
-        max_age,
-    )
+    max_age = stale_after(settings.lifecycle.report_heartbeat) if fresh else None
+    return judge_reports(node_reports(record), settings.max_lag, dt.datetime.now(dt.UTC), max_age)
 
 
 class NotHealthy(BakeryError):

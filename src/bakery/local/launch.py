@@ -68,7 +68,7 @@ class LocalPlan:
     nodes: planning.Plan = field(repr=False)
     bundles: list[Bundle] = field(repr=False)
     run_dir: Path
-    healthy_timeout: int
+    wait_timeout: int  # lifecycle.launch_timeout
 
     def lines(self, run: str = "<run>") -> list[str]:
         """The plan as `--dry-run` prints it (and the launch logs it)."""
@@ -108,7 +108,7 @@ class LocalPlan:
             f"owner: the keeper process, started first ({run} = bakery-<keeper pid>-<token>)",
             f"files: {self.run_dir}/ (disks are qcow2 overlays of the image; consoles in "
             "<node>/console.log)",
-            f"then: wait up to {self.healthy_timeout} s for one leader and streaming replicas",
+            f"then: wait up to {self.wait_timeout} s for one leader and streaming replicas",
         ]
         return lines
 
@@ -183,7 +183,7 @@ def preflight(settings: Settings, labels: list[str]) -> LocalPlan:
         nodes,
         bundles,
         state.run_dir(settings.state_dir),
-        settings.local.healthy_timeout,
+        settings.lifecycle.launch_timeout,
     )
 
 
@@ -523,7 +523,7 @@ class _Launch:
                 f"AZ {spec.az}: VM {spec.node} started (QEMU PID {pid}), console {files.console}"
             )
 
-        table = health.wait_healthy(settings, record, started, self.log, plan.healthy_timeout)
+        table = health.wait_healthy(settings, record, started, self.log, plan.wait_timeout)
         planning.save(settings, plan.nodes)
         record.status = "running"
         record.save(settings.state_dir)

@@ -1,12 +1,13 @@
 """`invoke status --target local`: the recorded local cluster, its VMs and what their consoles
-report, as a table, and whether the cluster is healthy."""
+report, as a table, and whether the cluster is healthy. Exit status as for the cloud
+(docs/lifecycle.md): 0 healthy, 1 degraded (any problem, a failed job, a pending restart),
+2 unreadable (no local cluster, or no node reported anything)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import Settings
-from ..errors import BakeryError
 from . import health, owner, state
 
 
@@ -14,28 +15,29 @@ from . import health, owner, state
 class LocalStatus:
     heading: str
     table: str
-    healthy: bool
-    verdict: str  # "healthy: leader X" or the problems
-    warnings: list[str]
+    exit_code: int
+    verdict: str  # "healthy: leader X", or what is wrong
+    warnings: list[str] = field(default_factory=list)
 
 
 def status(settings: Settings) -> LocalStatus:
     record = state.load(settings.state_dir)
     if record is None:
-        raise BakeryError(
-            "no local cluster of this config (start one: `invoke launch --target local`)"
+        return LocalStatus(
+            "no local cluster of this config (start one: `invoke launch --target local`)",
+            "",
+            2,
+            "unreadable: nothing recorded",
         )
     alive = owner.keeper_alive(record.run)
-    keeper = (
-        "keeper running"
-        if alive
-        else "keeper gone: the next local launch or destroy sweeps what is left"
-    )
+    keeper = "keeper running" if alive else "keeper gone: the next launch or destroy sweeps it"
     heading = f"local cluster {record.scope}: {record.run}, {record.status}, {keeper}"
-    verdict = health.judge(settings, record)
-    if verdict.healthy:
-        text = f"healthy: leader {verdict.leader}"
+    verdict = health.judge(settings, record, fresh=True)
+    problems = list(verdict.problems) + ([] if alive else ["the keeper is gone"])
+    if not any(health.node_reports(record).values()):
+        code, text = 2, "unreadable: no node reported on its console"
+    elif problems or verdict.warnings:
+        code, text = 1, "degraded: " + "; ".join(problems or verdict.warnings)
     else:
-        text = "not healthy: " + "; ".join(verdict.problems)
-    healthy = verdict.healthy and alive
-    return LocalStatus(heading, health.status_table(record), healthy, text, verdict.warnings)
+        code, text = 0, f"healthy: leader {verdict.leader}"
+    return LocalStatus(heading, health.status_table(record), code, text, verdict.warnings)
