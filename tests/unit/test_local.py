@@ -198,7 +198,8 @@ def test_accelerator_choice(monkeypatch):
     assert vms.accel_choice("tcg")[0] == "tcg"
     spec = vms.VmSpec("n", "a", "az-a", "tap0", "10.0.0.2/24", "10.0.0.1", 1024, 1)
     argv = vms.qemu_argv(spec, vms.VmFiles(Path("/r/n")), "tcg")
-    assert argv[argv.index("-accel") + 1].startswith("tcg") and "-cpu" not in argv
+    assert argv[argv.index("-accel") + 1].startswith("tcg")
+    assert argv[argv.index("-cpu") + 1] == "max"
     argv = vms.qemu_argv(spec, vms.VmFiles(Path("/r/n")), "kvm")
     assert argv[argv.index("-accel") + 1] == "kvm"
 
@@ -311,3 +312,38 @@ def test_the_keeper_refuses_to_start_without_its_token():
     )
     assert res.returncode == 2 and "usage" in res.stderr
     assert signal.SIGTERM  # the keeper's stop signal exists on every platform we run on
+
+
+def _record(run: str, state_dir: Path) -> state.RunRecord:
+    record = state.RunRecord(
+        run=run,
+        status="running",
+        created="2026-01-01T00:00:00Z",
+        scope="local",
+        image="/i.qcow2",
+        build_id="b",
+        accel="tcg",
+        external_netns=f"{run}-ext",
+        external_address="198.51.100.1",
+        etcd_url="http://100.102.0.1:2379",
+        lighthouse="100.102.0.1",
+        namespaces=[f"{run}-ext"],
+    )
+    record.save(state_dir)
+    return record
+
+
+def test_a_running_cluster_of_the_config_is_refused_and_a_dead_one_swept(tmp_path):
+    settings = load_settings(example(tmp_path))
+    keeper = _keeper(tmp_path)
+    try:
+        _record(keeper.run, settings.state_dir)
+        with pytest.raises(BakeryError, match="a local cluster of this config runs"):
+            launch.preflight(settings, ["a", "b"])
+        assert not launch.sweep_dead_record(settings, print), "a live keeper's run stays"
+    finally:
+        owner.stop_keeper(keeper.run, timeout=30)
+    lines: list[str] = []
+    assert launch.sweep_dead_record(settings, lines.append)
+    assert lines == [f"swept the local cluster {keeper.run} of this config: its keeper is gone"]
+    assert not state.run_dir(settings.state_dir).exists()
