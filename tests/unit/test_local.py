@@ -17,7 +17,7 @@ import yaml
 
 from bakery.config import load_settings
 from bakery.errors import BakeryError, ConfigError
-from bakery.local import launch, owner, state, vms
+from bakery.local import launch, owner, preflight, state, vms
 from tests.helpers import PROJECT, invoke, merged, write_config
 from tests.owned_netns import OWNED
 
@@ -55,7 +55,7 @@ def fake_build(out: Path, major: int = 15) -> Path:
 
 
 def problems_of(raw: dict, labels=("a", "b")) -> list[str]:
-    return launch.config_problems(load_settings(raw), list(labels))
+    return preflight.config_problems(load_settings(raw), list(labels))
 
 
 def test_the_shipped_example_fits_a_local_cluster(tmp_path):
@@ -142,11 +142,11 @@ def test_the_image_must_carry_the_configured_postgresql(tmp_path):
     raw = example(tmp_path)
     fake_build(Path(raw["local"]["image"]), major=14)
     with pytest.raises(ConfigError) as caught:
-        launch.local_image(load_settings(raw))
+        preflight.local_image(load_settings(raw))
     assert "bakery.cluster.postgresql.major: 15, but the image" in str(caught.value)
     assert "carries PostgreSQL 14" in str(caught.value)
     with pytest.raises(BakeryError, match="no finished local build"):
-        launch.local_image(load_settings(merged(raw, **{"local.image": str(tmp_path / "no")})))
+        preflight.local_image(load_settings(merged(raw, **{"local.image": str(tmp_path / "no")})))
 
 
 def test_the_plan_places_every_node_on_its_segment(tmp_path):
@@ -158,7 +158,7 @@ def test_the_plan_places_every_node_on_its_segment(tmp_path):
         ("b", "10.202.0.1", "198.51.100.12", "az-b"),
     ]
     assert str(network.external) == "198.51.100.1"
-    specs, addresses = launch._vms(settings, ["a", "b"], network)
+    specs, addresses = launch._machines(settings, ["a", "b"], network)
     assert [(s.node, str(s.address), s.tap, str(s.gateway)) for s in specs] == [
         ("local-pg-0", "10.201.0.10/24", "tap0", "10.201.0.1"),
         ("local-pg-1", "10.202.0.10/24", "tap0", "10.202.0.1"),
@@ -172,7 +172,7 @@ def test_the_plan_places_every_node_on_its_segment(tmp_path):
 
 def test_a_node_gets_its_address_and_route_from_the_network_config(tmp_path):
     settings = load_settings(example(tmp_path))
-    specs, _ = launch._vms(settings, ["a"], launch._network(settings, ["a"]))
+    specs, _ = launch._machines(settings, ["a"], launch._network(settings, ["a"]))
     config = yaml.safe_load(vms.network_config(specs[0]))
     assert config == {
         "version": 2,

@@ -57,8 +57,10 @@ def progress(record: RunRecord) -> str:
         report = reports[node.name]
         if report is None:
             parts.append(f"{node.name} {boot_phase(console_text(Path(node.dir)))}")
+        elif report.error is not None:
+            parts.append(f"{node.name} {report.error}")
         else:
-            what = report.error or report.replication or report.state or "reporting"
+            what = report.replication or report.state or "reporting"
             parts.append(f"{node.name} {report.role or '-'} {what}")
     return "; ".join(parts)
 
