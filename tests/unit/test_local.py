@@ -247,21 +247,8 @@ def test_an_adopted_cluster_lives_until_its_keeper_is_stopped(tmp_path):
 
 
 def test_the_run_record_is_private_and_reads_back(tmp_path):
-    record = state.RunRecord(
-        run="bakery-1-abcdef",
-        status="running",
-        created="2026-01-01T00:00:00Z",
-        scope="local",
-        image="/i.qcow2",
-        build_id="b",
-        accel="tcg",
-        external_netns="bakery-1-abcdef-ext",
-        external_address="198.51.100.1",
-        etcd_url="http://100.102.0.1:2379",
-        lighthouse="100.102.0.1",
-        namespaces=["bakery-1-abcdef-ext"],
-        nodes=[state.NodeRecord("n", "a", "bakery-1-abcdef-az-a", "10.0.0.2", None, "/d")],
-    )
+    record = _record("bakery-1-abcdef", tmp_path)
+    record.nodes.append(state.NodeRecord("n", "a", "bakery-1-abcdef-az-a", "10.0.0.2", None, "/d"))
     record.save(tmp_path)
     path = state.record_path(tmp_path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
