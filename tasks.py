@@ -173,7 +173,7 @@ def _bake_local(c, definition, out, environment):
     iterable=["az"],
 )
 def launch(c, az, target="cloud", dry_run=False):
-    """Start the PostgreSQL nodes of the chosen AZs from the newest released image."""
+    """Start the nodes of the chosen AZs: from the newest released image, or as local VMs."""
     with _reported(c):
         _check_target("launch", target)
         if target == "local":

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -48,17 +49,17 @@ def _invoke(config: Path, *args: str, timeout: float = 300) -> subprocess.Comple
     )
 
 
-def _config() -> Path:
+def _config(work: Path = WORK) -> Path:
     raw = yaml.safe_load((PROJECT_ROOT / "examples" / "local.yaml").read_text())
     settings = raw["bakery"]
-    state = WORK / "state"
+    state = work / "state"
     settings["state_dir"] = str(state)
     settings["pki"] = {"ca_cert": str(state / "ca/ca.pem"), "ca_key": str(state / "ca/ca.key")}
     settings["overlay"]["ca_cert"] = str(state / "nebula/ca.crt")
     settings["overlay"]["ca_key"] = str(state / "nebula/ca.key")
     settings["local"]["image"] = str(harness.BUILD_ROOT / "local-test")
-    WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / "local.yaml"
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "local.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -115,6 +116,56 @@ class Cluster:
         )
         assert done.returncode == 0 or not check, f"{node}: {statement}: {done.stderr.strip()}"
         return done.stdout.strip()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_launch_stopped_while_its_vms_run_leaves_nothing_running(built, signum):
+    """SIGTERM: the launch cleans up itself and exits 143, keeping the logs for a look.
+    SIGKILL: it cannot, but its keeper sees the pipe close and tears the run down; the next
+    destroy removes the files."""
+    config = _config(WORK / "interrupted")
+    state = WORK / "interrupted" / "state"
+    assert _invoke(config, "destroy", "--target", "local").returncode == 0
+    assert _invoke(config, "ca").returncode == 0
+    log = WORK / "interrupted" / "launch.log"
+    invoke = str(Path(sys.executable).parent / "invoke")
+    with open(log, "w") as out:
+        launch = subprocess.Popen(
+            [invoke, "-f", str(config), "launch", "--target", "local"],
+            cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while log.read_text().count("started (QEMU PID") < 2:
+            assert launch.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        run = json.loads((state / "local-run" / "run.json").read_text())["run"]
+        assert len(owner.namespaces_of(run)) == 3
+        launch.send_signal(signum)
+        code = launch.wait(timeout=180)
+    finally:
+        with teardown_first():
+            if launch.poll() is None:
+                launch.kill()
+                launch.wait()
+    deadline = time.monotonic() + 120
+    while owner.namespaces_of(run) or owner.keeper_alive(run):
+        assert time.monotonic() < deadline, f"still there: {owner.namespaces_of(run)}"
+        time.sleep(0.5)
+    assert not _processes_naming(str((state / "local-run").resolve()), run)
+    disks = list((state / "local-run").glob("*/disk.qcow2"))
+    if signum == signal.SIGTERM:
+        assert code == 143, log.read_text()[-2000:]
+        assert "bakery: terminated" in log.read_text()
+        assert not disks and not (state / "local-run" / "run.json").exists()
+        assert list((state / "local-run").glob("*/console.log")), "the consoles stay for a look"
+    else:
+        assert code == -signal.SIGKILL
+        assert len(disks) == 2, "a killed launch cannot remove its files ..."
+    destroyed = _invoke(config, "destroy", "--target", "local")  # ... the next destroy does
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert not (state / "local-run").exists()
 
 
 @pytest.fixture(scope="module")

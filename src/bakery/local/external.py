@@ -9,11 +9,8 @@ through Nebula) or the external place's underlay address.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
-import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -62,18 +59,8 @@ def _start(ns: str, argv: list[str], log: Path, what: str, cleanup: Cleanup) -> 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    cleanup.push(f"{what} (PID {proc.pid})", lambda: _stop(proc))
+    cleanup.push(f"{what} (PID {proc.pid})", lambda: netns.stop_process(proc.pid))
     return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def _wait(check, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:

@@ -119,6 +119,26 @@ def entered(name: str) -> Iterator[None]:
             raise OSError(ctypes.get_errno(), "setns back to the thread's own namespace")
 
 
+def stop_process(pid: int, timeout: float = 10) -> None:
+    """SIGTERM a process started in a namespace, SIGKILL it after `timeout`; reap it if it is
+    our child (a VM's disk or etcd's data of a failed launch is thrown away anyway)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
 def ip(*args: str, netns: str | None = None, timeout: float = 30) -> str:
     """Run `ip ARGS` (inside `netns` when given); raise NetnsError with its message on failure."""
     argv = ["ip", *(["-n", netns] if netns else []), *args]

@@ -8,12 +8,9 @@ looking inside without SSH when the image carries the agent (local-test does).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import os
-import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -186,7 +183,7 @@ def start(spec: VmSpec, files: VmFiles, ns: str, accel: str, cleanup: Cleanup) -
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    cleanup.push(f"VM {spec.node} (QEMU PID {proc.pid})", lambda: stop(proc.pid))
+    cleanup.push(f"VM {spec.node} (QEMU PID {proc.pid})", lambda: netns.stop_process(proc.pid))
     deadline = time.monotonic() + 30
     while (pid := running_pid(files, ns)) is None:
         if proc.poll() is not None:
@@ -210,27 +207,6 @@ def running_pid(files: VmFiles, ns: str) -> int | None:
     except OSError:
         return None
     return pid if alive else None
-
-
-def stop(pid: int, timeout: float = 10) -> None:
-    """Pull the plug (the disk is thrown away), then reap it if it is our child."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def remove_files(files: VmFiles) -> None:
-    shutil.rmtree(files.dir, ignore_errors=True)
 
 
 def _run(argv: list[str], what: str) -> None:
