@@ -141,7 +141,8 @@ class LoadedDefinition:
         chosen += ["pgbackrest"] if c.pgbackrest is not None else []
         chosen += ["consul"] if c.consul is not None else []
         chosen += ["nebula"] if c.nebula is not None else []
-        chosen += ["patroni", "psycopg2", "units", "metadata-guard", "manifest", "generalize"]
+        chosen += ["patroni", "psycopg2", "units", "reporter", "metadata-guard", "manifest"]
+        chosen += ["generalize"]
         return chosen
 
     def element_env(

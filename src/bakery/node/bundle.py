@@ -40,6 +40,7 @@ class NodePaths:
     node_key: str = "/etc/patroni/tls/node.key"
     pgpass: str = "/var/lib/postgresql/.pgpass.patroni"
     pgbackrest: str = "/etc/pgbackrest/pgbackrest.conf"
+    node_env: str = "/etc/bakery/node.env"
 
     @property
     def bin_dir(self) -> str:
@@ -170,10 +171,18 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
         "patroni.env": render(env, "patroni.env.j2", **context),
         "post-bootstrap.sh": render(env, "post-bootstrap.sh.j2", **context),
         "pgbackrest.conf": render(env, "pgbackrest.conf.j2", **context),
+        "node.env": render(
+            env,
+            "node.env.j2",
+            **context,
+            max_lag=settings.max_lag,
+            report_heartbeat=settings.lifecycle.report_heartbeat,
+        ),
     }
     checks.check_patroni(text["patroni.yml"], context)
     checks.check_envfile(text["patroni.env"], context)
     checks.check_ini(text["pgbackrest.conf"], context)
+    checks.check_node_env(text["node.env"], context)
     files = [
         BundleFile(paths.config, text["patroni.yml"], "postgres:postgres", "0600"),
         BundleFile(paths.env, text["patroni.env"], "postgres:postgres", "0600"),
@@ -182,6 +191,8 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
         BundleFile(paths.node_cert, tls.cert_pem, "postgres:postgres", "0644"),
         BundleFile(paths.node_key, tls.key_pem, "postgres:postgres", "0600"),
         BundleFile(paths.pgbackrest, text["pgbackrest.conf"], "postgres:postgres", "0600"),
+        # Who the node is, for the reporter and the handover (docs/node-report.md); no secret.
+        BundleFile(paths.node_env, text["node.env"], "root:root", "0644"),
     ]
     services = []
     if settings.overlay.type == "nebula":
