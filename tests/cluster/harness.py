@@ -183,6 +183,7 @@ class Cluster:
         t0 = time.monotonic()
         for node in self.nodes.values():
             node.start_patroni()
+            node.start_reporter()
         self.times["leader"] = self.wait_leader(60)[1] - t0
         self.times["streaming"] = self.wait_streaming(120)[1] - t0
 

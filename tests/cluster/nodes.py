@@ -22,10 +22,14 @@ from processes import Started, Supervisor, alive, minimal_env
 
 from bakery.node.bundle import service_commands
 from tests.owned_netns import kill_processes_in, ns_inode, ns_path, pids_in_netns
+from tests.unitfile import Unit
+
+REPO = Path(__file__).resolve().parents[2]
 
 PG_MAJOR = 14
 PG_BIN = f"/usr/lib/postgresql/{PG_MAJOR}/bin"
 PATRONI = "/opt/patroni/bin/patroni"
+BUILD_ID = "cluster-tier"  # what /etc/bakery/manifest.json of the nodes says
 
 # Node-layout directories that hold per-node state: (path, owner, mode). The bundle's own
 # directories come first; the others exist empty in the image.
@@ -40,6 +44,9 @@ NODE_DIRS = [
     ("/var/spool/pgbackrest", "postgres", 0o750),
     ("/run/postgresql", "postgres", 0o2775),
     ("/tmp", "root", 0o1777),
+    ("/etc/bakery", "root", 0o755),
+    ("/usr/lib/bakery", "root", 0o755),
+    ("/var/lib/bakery/status", "root:postgres", 0o775),
 ]
 # What is bind-mounted from the node root (a subdirectory of one of these is carried along).
 MOUNTS = [
@@ -52,6 +59,18 @@ MOUNTS = [
     "/var/spool/pgbackrest",
     "/run/postgresql",
     "/tmp",
+    "/etc/bakery",
+    "/usr/lib/bakery",
+    "/var/lib/bakery",
+]
+# Units the image installs and the files of its elements they run, as the elements install
+# them (path on the node, file in the repository, mode).
+UNITS = {
+    "patroni": REPO / "scripts/units/files/patroni.service",
+    "reporter": REPO / "scripts/reporter/files/bakery-reporter.service",
+}
+IMAGE_FILES = [
+    ("/usr/lib/bakery/bakery-node", REPO / "scripts/reporter/files/bakery_node.py", 0o755),
 ]
 
 
@@ -90,9 +109,16 @@ class Node:
         for path, owner, mode in NODE_DIRS:
             d = self.root / path.lstrip("/")
             d.mkdir(parents=True, exist_ok=True)
-            uid, gid = (pg.pw_uid, pg.pw_gid) if owner == "postgres" else (0, 0)
+            uid = pg.pw_uid if owner == "postgres" else 0
+            gid = pg.pw_gid if owner.endswith("postgres") else 0
             os.chown(d, uid, gid)
             os.chmod(d, mode)
+        for path, source, mode in IMAGE_FILES:
+            target = self.file(path)
+            target.write_bytes(source.read_bytes())
+            target.chmod(mode)
+        # The image's manifest, whose build id the reporter puts into its lines.
+        self.file("/etc/bakery/manifest.json").write_text(f'{{"build_id": "{BUILD_ID}"}}\n')
         # The harness starts what runcmd starts, in its order; it knows nebula and patroni.
         runcmd = self.bundle.runcmd()
         wanted = service_commands(["nebula.service", "patroni.service"])
@@ -190,17 +216,61 @@ class Node:
         self.services["nebula"] = self.sup.start(f"{self.name}-nebula", argv)
         return self.services["nebula"]
 
+    def unit_env(self, unit: Unit) -> dict[str, str]:
+        """The service's environment as systemd builds it from the unit (secrets masked)."""
+        return self.service_env(unit.user) | unit.environment(self._read_node_file, parse_envfile)
+
+    def _read_node_file(self, path: str) -> str | None:
+        target = self.file(path)
+        return target.read_text() if target.exists() else None
+
+    def start_unit(self, service: str) -> Started:
+        """Start a service as its unit says: User, EnvironmentFile/Environment, ExecStart."""
+        unit = Unit.read(UNITS[service])
+        (command,) = unit.commands("ExecStart")
+        argv = self.nsenter(unit.user) + command.argv
+        started = self.sup.start(f"{self.name}-{service}", argv, env=self.unit_env(unit))
+        self.services[service] = started
+        return started
+
     def start_patroni(self) -> Started:
-        # As patroni.service runs it: user postgres, EnvironmentFile=/etc/patroni/patroni.env.
-        env = self.service_env("postgres") | self.patroni_env()
-        argv = self.nsenter("postgres") + [PATRONI, "/etc/patroni/patroni.yml"]
-        self.services["patroni"] = self.sup.start(f"{self.name}-patroni", argv, env=env)
-        return self.services["patroni"]
+        return self.start_unit("patroni")
+
+    def start_reporter(self) -> Started:
+        """The node's reporter; its output (the log `<node>-reporter.log`) is the node's
+        console as far as BAKERY-NODE lines go."""
+        return self.start_unit("reporter")
+
+    def stop_patroni(self) -> float:
+        """`systemctl stop patroni` as the unit says: ExecStop (the leader's handover) as the
+        unit's user and environment, then SIGTERM to the main process only (KillMode=process),
+        SIGKILL at TimeoutStopSec. Returns how long the ExecStop took."""
+        unit = Unit.read(UNITS["patroni"])
+        deadline = time.monotonic() + unit.timeout("TimeoutStopSec")
+        proc = self.services["patroni"]
+        env = self.unit_env(unit) | {"MAINPID": str(proc.pid)}
+        started = time.monotonic()
+        for command in unit.commands("ExecStop"):
+            left = max(1.0, deadline - time.monotonic())
+            res = _run(self.nsenter(unit.user) + command.argv, timeout=left, env=env)
+            with open(proc.log, "a") as log:  # the journal of the unit
+                log.write(res.stdout + res.stderr)
+            if res.returncode != 0 and not command.ignore_failure:
+                raise RuntimeError(f"{self.name}: ExecStop failed: {res.stderr.strip()}")
+        took = time.monotonic() - started
+        self.sup.stop(self.services.pop("patroni"), signal.SIGTERM, deadline - time.monotonic())
+        return took
+
+    def console(self) -> str:
+        """What the reporter wrote (its stdout; the image sends it to the serial console)."""
+        log = self.sup.log_dir / f"{self.name}-reporter.log"
+        return log.read_text(errors="replace") if log.exists() else ""
 
     def start(self) -> None:
         self.start_nebula()
         self.wait_overlay()
         self.start_patroni()
+        self.start_reporter()
 
     def running(self) -> bool:
         """Both services up: nebula, and patroni (which keeps PostgreSQL running)."""
@@ -243,7 +313,7 @@ class Node:
         return t
 
     def stop(self) -> None:
-        for name in ("patroni", "nebula"):
+        for name in ("reporter", "patroni", "nebula"):
             if name in self.services:
                 self.sup.stop(self.services.pop(name), signal.SIGTERM, timeout=30)
         self.kill9()
