@@ -6,15 +6,18 @@ agent (root in the guest, no SSH and nothing added to the user-data).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
+import time
 
 import imagetest_harness as harness
 import pytest
 import yaml
 
 from bakery.image.definition import load_definition
+from bakery.node.report import NodeReport, judge, last_report
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +25,7 @@ pytestmark = pytest.mark.slow
 # and what the node bundle starts. Anything else running is a surprise in a golden image.
 ALLOWED_RUNNING = {
     "patroni.service",
+    "bakery-reporter.service",
     "ssh.service",
     "qemu-guest-agent.service",
     "systemd-journald.service",
@@ -80,8 +84,14 @@ def test_only_intended_services_are_enabled_and_running(guest, rendered):
     )
     assert wanted <= running
     assert running <= ALLOWED_RUNNING, f"unexpected: {running - ALLOWED_RUNNING}"
+    # The reporter is the image's own, enabled there; it runs once the bundle names the node.
+    assert guest.agent.exec(["systemctl", "is-enabled", "bakery-reporter.service"])[1].strip() == (
+        "enabled"
+    )
+    assert "bakery-reporter.service" in running
     # The image's own units pass systemd's checks (consul's binary is not in this image).
-    for unit in ("patroni.service", "nebula.service", "bakery-metadata-guard.service"):
+    units = ("patroni.service", "nebula.service", "bakery-metadata-guard.service")
+    for unit in (*units, "bakery-reporter.service"):
         code, out, err = guest.agent.exec(
             ["systemd-analyze", "verify", f"/etc/systemd/system/{unit}"], timeout=60
         )
@@ -117,6 +127,33 @@ def test_patroni_answers_and_bootstrapped_as_leader(guest, rendered):
     )
     (member,) = json.loads(members)
     assert member["Role"] == "Leader" and member["State"] == "running", member
+
+
+def test_reporter_writes_the_rest_apis_role_to_the_serial_console(guest, rendered, built):
+    """What bakery reads from a cloud's console log: BAKERY-NODE lines (journald's prefix on
+    the serial console and all) with the role Patroni's REST API reports, and the image's
+    build id."""
+    ca = rendered["dir"] / "files/etc/patroni/tls/ca.pem"
+    name = rendered["node"]["name"]
+    url = f"https://{harness.GUEST_ADDRESS}:8008/patroni"
+
+    def agreeing() -> NodeReport | None:
+        probe = guest.in_netns(["curl", "-s", "-m", "10", "--cacert", str(ca), url])
+        role = json.loads(probe.stdout).get("role") if probe.returncode == 0 else None
+        report = last_report(guest.console_text(), name)
+        return report if report is not None and role and report.role == role else None
+
+    deadline = time.monotonic() + 180
+    while (report := agreeing()) is None:
+        assert time.monotonic() < deadline, "no BAKERY-NODE line with the REST API's role"
+        time.sleep(2)
+    assert report.role == "primary" and report.state == "running" and report.is_leader
+    assert report.build_id == built.build_id
+    assert report.error is None and report.failed_jobs == ()
+    health = judge({name: report}, 1048576, dt.datetime.now(dt.UTC))
+    assert health.healthy, health.problems
+    lines = [line for line in guest.console_text().splitlines() if "BAKERY-NODE {" in line]
+    assert all(len(line) < 400 for line in lines)  # journald's prefix included
 
 
 def test_metadata_address_is_blocked_for_everyone_but_root(guest):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -197,10 +198,29 @@ def test_built_tree_is_generalized_and_complete(built):
     assert "ConditionPathExists=/etc/patroni/patroni.yml" in patroni_unit
     assert not list((tree / "etc/systemd/system").glob("*.wants/postgresql.service"))
     assert (tree / "etc/bakery/manifest.json").exists()
+    # The reporter is enabled, waits for the bundle, and patroni's stop hands over.
+    assert list((tree / "etc/systemd/system").glob("*.wants/bakery-reporter.service"))
+    reporter = (tree / "etc/systemd/system/bakery-reporter.service").read_text()
+    assert "ConditionPathExists=/etc/bakery/node.env" in reporter
+    assert "ExecStop=-/usr/lib/bakery/bakery-node handover" in patroni_unit
+    assert os.access(tree / "usr/lib/bakery/bakery-node", os.X_OK)
+    status = tree / "var/lib/bakery/status"
+    assert (status.stat().st_mode & 0o777, status.stat().st_gid) == (
+        0o775,
+        _gid(tree, "postgres"),
+    )
     # Build-time swaps were put back.
     assert (tree / "etc/resolv.conf").is_symlink()
     assert not (tree / "usr/sbin/policy-rc.d").exists()
     assert not list(tree.rglob("*.bakery-saved"))
+
+
+def _gid(tree: Path, group: str) -> int:
+    for line in (tree / "etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == group:
+            return int(fields[2])
+    raise AssertionError(f"no group {group} in the image")
 
 
 def _uid(tree: Path, user: str) -> int:
