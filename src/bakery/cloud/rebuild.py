@@ -40,6 +40,7 @@ CANDIDATE_GRACE_MARGIN = dt.timedelta(hours=1)
 class RebuildResult:
     reasons: dict[str, list[str]]  # environment -> why it needs a new generation
     baked: cloudbake.BakeResult | None = None
+    rolled: str | None = None  # --roll: what the roll did
     retired: dict[str, list[str]] = field(default_factory=dict)  # environment -> image names
     deleted: dict[str, list[str]] = field(default_factory=dict)
     kept_in_use: dict[str, list[str]] = field(default_factory=dict)
@@ -50,6 +51,7 @@ def rebuild(
     force: bool = False,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
+    roll: bool = False,
 ) -> RebuildResult:
     loaded = load_definition(settings.image.definition)
     # Only reading the clouds: a bad config or an unreachable cloud changes nothing, not even
@@ -65,7 +67,17 @@ def rebuild(
     with _only_one_rebuild(settings):
         if any(reasons.values()):
             result.baked = cloudbake.bake(settings, log=log)
+        refused = None
+        if roll:  # before retiring, so that the generations it leaves can go at once
+            from .roll import roll_if_due
+
+            try:
+                result.rolled = roll_if_due(settings, log)
+            except BakeryError as error:
+                refused = error
         _retire(settings, loaded, conns, result, dry_run, log)
+        if refused is not None:
+            raise refused
     return result
 
 
