@@ -30,7 +30,8 @@ def held(path: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split("\n")[0].strip()
+            holder = holder or "another run"
             raise Locked(f"{holder} holds {path}; nothing was done") from None
         since = dt.datetime.now(dt.UTC).strftime("%H:%M:%SZ")
         os.ftruncate(fd, 0)
