@@ -12,16 +12,14 @@ Whether or not it bakes, each environment's old generations are then retired
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import Settings
 from ..errors import BakeryError
 from ..image.definition import LoadedDefinition, load_definition
+from ..lock import held
 from . import bake as cloudbake
 from .api import cloud_errors, connect, delete_servers_named
 from .generations import (
@@ -141,18 +139,6 @@ def _retire(settings, loaded, conns: dict, result: RebuildResult, dry_run: bool,
         result.kept_in_use[label] = [g.name for g in plan.kept_in_use]
 
 
-@contextlib.contextmanager
-def _only_one_rebuild(settings: Settings) -> Iterator[None]:
+def _only_one_rebuild(settings: Settings):
     """A timer and a person may start a rebuild at the same moment: the second one stops."""
-    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(settings.state_dir / "rebuild.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BakeryError(
-                f"another rebuild holds {settings.state_dir / 'rebuild.lock'}; nothing was done"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
+    return held(settings.state_dir / "rebuild.lock", "rebuild")
