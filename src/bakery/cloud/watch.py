@@ -73,18 +73,23 @@ def wait_for_view(
 ) -> ClusterView:
     """Read the cluster every POLL seconds until `problems_of` finds none; CloudError at the
     deadline (naming each node's last report and its console's tail), Cancelled at once when
-    `cancel` is set."""
+    `cancel` is set. A read that fails (the cloud's API hiccups) counts as "not yet"."""
     deadline = time.monotonic() + timeout
     started = time.monotonic()
+    view: ClusterView | None = None
     while True:
         if cancel.is_set():
             raise Cancelled(f"stopped while waiting for {what}")
-        view = read()
-        problems = problems_of(view)
+        try:
+            view = read()
+            problems = problems_of(view)
+        except CloudError as error:
+            problems = [f"reading the cluster: {error}"]
         elapsed = time.monotonic() - started
-        lines = {name: node_line(view, node) for name, node in view.nodes.items()}
-        headline = f"waiting for {what} ({elapsed:.0f} s)" if problems else f"{what}: done"
-        progress.show(headline, lines)
+        if view is not None:
+            lines = {name: node_line(view, node) for name, node in view.nodes.items()}
+            headline = f"waiting for {what} ({elapsed:.0f} s)" if problems else f"{what}: done"
+            progress.show(headline, lines)
         if not problems:
             progress.done()
             return view
@@ -94,9 +99,11 @@ def wait_for_view(
         cancel.wait(POLL)
 
 
-def timeout_message(what: str, timeout: float, problems: list[str], view: ClusterView) -> str:
+def timeout_message(
+    what: str, timeout: float, problems: list[str], view: ClusterView | None
+) -> str:
     parts = [f"timed out after {timeout:.0f} s waiting for {what}: " + "; ".join(problems)]
-    for node in view.nodes.values():
+    for node in view.nodes.values() if view is not None else []:
         if not node.launched:
             continue
         report = node.report
