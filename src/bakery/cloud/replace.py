@@ -81,6 +81,8 @@ def replace_refusal(view: ClusterView, name: str) -> str | None:
     up: a leader needs a replica to hand over to, a replica a leader to stream from, and a
     healthy node is not taken down while another one is down."""
     node = view.nodes[name]
+    if not node.launched:
+        return f"it was never launched (it has no port): `invoke launch --az {node.az}`"
     health = view.health(stale=False)
     if health.leader == name:
         others = [

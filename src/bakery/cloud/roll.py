@@ -103,6 +103,11 @@ def roll(
         conns = {t.environment: t.conn for t in targets.values()}
         journal = Journal(settings)
         view = read_cluster(settings, labels, conns)
+        if not view.launched():
+            raise NothingToRoll(
+                f"nothing to roll: no node of cluster {settings.cluster.scope} exists "
+                "(`invoke launch` starts them)"
+            )
         steps = plan_roll(view, targets, journal.node())
         if not steps:
             journal.clear()
