@@ -258,10 +258,12 @@ class _Network:
         self.conn = conn
         self.addresses = (f"10.{len(conn.env)}.0.{i}" for i in itertools.count(10))
 
-    def ports(self, name: str | None = None, **query):
+    def ports(self, name: str | None = None, tags: str | None = None, **query):
         found = list(self.conn.ports.values())
         if name is not None:
             found = [p for p in found if p.name == name]
+        if tags is not None:
+            found = [p for p in found if set(tags.split(",")) <= set(p.tags)]
         if "fixed_ips" in query:
             address = query["fixed_ips"].split("=", 1)[1]
             found = [p for p in found if p.fixed_ips[0]["ip_address"] == address]

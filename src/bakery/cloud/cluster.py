@@ -17,7 +17,7 @@ from typing import Any
 from ..config import Settings
 from ..node import plan as planning
 from ..node.report import Health, NodeReport, judge, last_report, stale_after
-from .api import CloudError, cloud_errors, connect, servers_named
+from .api import CloudError, cloud_errors, connect
 from .generations import Generation, generations, newest_released
 
 # Console lines read per node: enough for several heartbeats between boot chatter, little
@@ -27,6 +27,11 @@ CONSOLE_LINES = 1000
 
 def port_name(node: str) -> str:
     return f"bakery-{node}"
+
+
+def cluster_tag(scope: str) -> str:
+    """The tag of a cluster's ports, beside `bakery`."""
+    return f"bakery-cluster-{scope}"
 
 
 @dataclass
@@ -126,18 +131,21 @@ def read_cluster(
     """Every node of the given AZs as the clouds show it now (consoles too, unless not)."""
     labels = list(labels)
     scope = settings.cluster.scope
-    gens = {}
+    # Per environment one listing of images, servers and the cluster's ports (launch tags
+    # them), then one console read per server: a wait reads this every few seconds.
+    gens, all_servers, all_ports = {}, {}, {}
     for env in {settings.azs[label].environment for label in labels}:
         with cloud_errors(f"environment {env}"):
             gens[env] = generations(conns[env], settings.image.definition)
+            all_servers[env] = list(conns[env].compute.servers())
+            all_ports[env] = list(conns[env].network.ports(tags=cluster_tag(scope)))
     nodes = {}
     for name, label, _ in planning.node_slots(settings, labels):
         env = settings.azs[label].environment
         conn = conns[env]
         where = f"environment {env}"
-        with cloud_errors(where):
-            servers = servers_named(conn, name)
-            ports = list(conn.network.ports(name=port_name(name)))
+        servers = [s for s in all_servers[env] if s.name == name]
+        ports = [p for p in all_ports[env] if p.name == port_name(name)]
         foreign = [s for s in servers if (s.metadata or {}).get("bakery_cluster") != scope]
         if foreign:
             owner = (foreign[0].metadata or {}).get("bakery_cluster") or "no bakery cluster"
@@ -170,14 +178,3 @@ def read_console(conn, server) -> str:
     except openstack.exceptions.SDKException:
         return ""  # a server still building or in ERROR has no console
     return (answer or {}).get("output") or ""
-
-
-def refresh(view: ClusterView, names: Iterable[str] | None = None) -> ClusterView:
-    """The same nodes read again (servers, ports, consoles)."""
-    labels = dict.fromkeys(n.az for n in view.nodes.values())
-    conns = {n.environment: n.conn for n in view.nodes.values()}
-    fresh = read_cluster(view.settings, labels, conns)
-    if names is not None:
-        wanted = set(names)
-        fresh.nodes = {k: v for k, v in fresh.nodes.items() if k in wanted}
-    return fresh

@@ -463,7 +463,7 @@ def create_port(settings: Settings, target: AzTarget, node: str, configured, cle
             description=f"bakery node {node} of cluster {settings.cluster.scope}",
             **groups,
         )
-        conn.network.set_tags(port, [TAG, f"bakery-cluster-{settings.cluster.scope}"])
+        conn.network.set_tags(port, [TAG, cloud_cluster.cluster_tag(settings.cluster.scope)])
     log(f"{target.label}: port {name} {port.fixed_ips[0]['ip_address']}")
     return port
 
