@@ -261,7 +261,7 @@ class Node:
         self.sup.stop(self.services.pop("patroni"), signal.SIGTERM, deadline - time.monotonic())
         return took
 
-    def console(self) -> str:
+    def console_text(self) -> str:
         """What the reporter wrote (its stdout; the image sends it to the serial console)."""
         log = self.sup.log_dir / f"{self.name}-reporter.log"
         return log.read_text(errors="replace") if log.exists() else ""
