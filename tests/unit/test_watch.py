@@ -45,22 +45,22 @@ def view(tmp_path, consoles: dict[str, str]) -> ClusterView:
     )
 
 
-def test_plain_progress_logs_a_line_only_when_it_changes():
+def test_plain_progress_logs_a_line_only_when_what_it_says_changes():
     logged = []
     progress = watch.Progress(logged.append, io.StringIO())  # not a terminal
-    progress.show("waiting", {"a": "a, booting", "b": "b, booting"})
-    progress.show("waiting", {"a": "a, booting", "b": "b, replica"})
-    assert logged == ["a, booting", "b, booting", "b, replica"]
+    progress.show("waiting", {"a": ("a, booting", ", 1 s ago"), "b": ("b, booting", "")})
+    progress.show("waiting", {"a": ("a, booting", ", 6 s ago"), "b": ("b, replica", "")})
+    assert logged == ["a, booting, 1 s ago", "b, booting", "b, replica"]
 
 
 def test_terminal_progress_redraws_its_block_in_place():
     screen = Terminal()
     progress = watch.Progress(lambda _: None, screen)
-    progress.show("waiting (1 s)", {"a": "a, booting"})
-    progress.show("waiting (6 s)", {"a": "a, primary"})
+    progress.show("waiting (1 s)", {"a": ("a, booting", ", 1 s ago")})
+    progress.show("waiting (6 s)", {"a": ("a, booting", ", 6 s ago")})
     assert screen.getvalue() == (
-        "\x1b[2Kwaiting (1 s)\n\x1b[2Ka, booting\n"
-        "\x1b[F\x1b[F\x1b[2Kwaiting (6 s)\n\x1b[2Ka, primary\n"
+        "\x1b[2Kwaiting (1 s)\n\x1b[2Ka, booting, 1 s ago\n"
+        "\x1b[F\x1b[F\x1b[2Kwaiting (6 s)\n\x1b[2Ka, booting, 6 s ago\n"
     )
 
 

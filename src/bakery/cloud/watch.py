@@ -19,7 +19,8 @@ POLL = 5.0  # seconds between reads of the consoles
 
 
 class Progress:
-    """Where waits show what they see."""
+    """Where waits show what they see. `show` takes one line per node as (what it says, how
+    old that is): a log gets a line when what a node says changes, not when it ages."""
 
     def __init__(self, log: Callable[[str], None], stream: TextIO | None = None):
         self.log = log
@@ -27,14 +28,14 @@ class Progress:
         self._shown: dict[str, str] = {}
         self._drawn = 0
 
-    def show(self, headline: str, lines: dict[str, str]) -> None:
+    def show(self, headline: str, lines: dict[str, tuple[str, str]]) -> None:
         if self.stream is None:
-            for key, line in lines.items():
-                if self._shown.get(key) != line:
-                    self.log(line)
-            self._shown = dict(lines)
+            for key, (said, age) in lines.items():
+                if self._shown.get(key) != said:
+                    self.log(f"{said}{age}")
+            self._shown = {key: said for key, (said, _) in lines.items()}
             return
-        block = [headline, *lines.values()]
+        block = [headline, *(said + age for said, age in lines.values())]
         # Up over the last block, then each line cleared and written anew.
         out = "\x1b[F" * self._drawn + "".join(f"\x1b[2K{line}\n" for line in block)
         self.stream.write(out)
@@ -46,8 +47,8 @@ class Progress:
         self._shown = {}
 
 
-def node_line(view: ClusterView, node: CloudNode) -> str:
-    """One node, as a progress line."""
+def node_line(view: ClusterView, node: CloudNode) -> tuple[str, str]:
+    """One node as a progress line: what it says, and since when."""
     report = node.report
     parts = [node.name, f"server {node.server_status}"]
     if report is None:
@@ -58,9 +59,8 @@ def node_line(view: ClusterView, node: CloudNode) -> str:
         role = (report.role or "?") + (" (sync)" if report.sync else "")
         state = report.replication or report.state or "?"
         parts += [role, state, f"lag {lag_text(report.lag)}"]
-    if report is not None:
-        parts.append(f"reported {age_text(report.age(view.read_at))} ago")
-    return ", ".join(p for p in parts if p)
+    age = f", reported {age_text(report.age(view.read_at))} ago" if report is not None else ""
+    return ", ".join(p for p in parts if p), age
 
 
 def wait_for_view(
@@ -107,7 +107,7 @@ def timeout_message(
         if not node.launched:
             continue
         report = node.report
-        said = node_line(view, node) if report is not None else f"{node.name}: no report"
+        said = "".join(node_line(view, node)) if report is not None else f"{node.name}: no report"
         tail = "\n".join("      " + line for line in node.console_tail().splitlines())
         parts.append(f"  {said}; console:\n{tail or '      (empty)'}")
     return "\n".join(parts)
