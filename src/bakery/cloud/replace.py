@@ -123,7 +123,9 @@ class Step:
         if node.server is not None:
             self.stop(node)
             self.delete(node)
+            self.log(f"{name}: old server gone after {time.monotonic() - started:.0f} s")
         self.boot(view, node)
+        self.log(f"{name}: new server ACTIVE after {time.monotonic() - started:.0f} s")
         if until == "node":
             what, problems_of = f"{name} to stream", functools.partial(node_problems, name=name)
         else:
