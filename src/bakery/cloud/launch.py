@@ -220,7 +220,7 @@ def _resolve(settings: Settings, label: str, az: AvailabilityZone, conn) -> AzTa
             )
         network = find_named(conn.network.find_network, az.network, "network", where)
         subnet = _subnet(conn, network, az, where)
-        own = {port_name(name) for name, slot, _ in planning.node_slots(settings, [label])}
+        own = {port_name(name) for name, _, _ in planning.node_slots(settings, [label])}
         for address in az.addresses:
             query = {"network_id": network.id, "fixed_ips": f"ip_address={address}"}
             taken = [p for p in conn.network.ports(**query) if p.name not in own]
