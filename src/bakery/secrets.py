@@ -63,6 +63,10 @@ class SecretStore:
         write_private(path, value + "\n")
         return Secret(value)
 
+    def exists(self, name: str) -> bool:
+        """Whether a generated secret has been stored (without creating it)."""
+        return (self.directory / name).exists()
+
     def scram_verifier(self, name: str) -> str:
         """The password's SCRAM verifier, kept beside it so that re-renders do not change it."""
         password = self.password(name).value

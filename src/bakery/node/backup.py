@@ -20,7 +20,6 @@ from typing import Any
 from ..config import PosixRepo, S3Repo, Settings
 from ..errors import BakeryError
 from ..secrets import Secret, SecretStore
-from .plan import Node
 
 # The image's job (stanza creation, scheduled backups, restore); it records every outcome in
 # /var/lib/bakery/status/<job>.json.
@@ -266,10 +265,13 @@ def check_conf(text: str, what: str, stanza: str, options: dict[str, str], pg_pa
         raise BakeryError(f"rendered {what}: [{stanza}] pg1-path is not {pg_path}")
 
 
-def describe_restore(settings: Settings, node: Node) -> str | None:
-    """One line for `invoke render`: what the node's bootstrap does."""
+def describe_restore(settings: Settings) -> str:
+    """One line for `invoke render`: what the new cluster's first node does."""
     restore = settings.cluster.restore
-    if restore is None:
-        return None
+    assert restore is not None
     target = pg_timestamp(restore.target_time) if restore.target_time else "the latest state"
-    return f"{node.name}: bootstraps from stanza {source_stanza(settings)!r} to {target}"
+    source = "restore.repo" if restore.repo else "its own repository"
+    return (
+        f"restore: the first node bootstraps from stanza {source_stanza(settings)!r} in "
+        f"{source}, recovered to {target} (patroni.yml bootstrap.method, {RESTORE_CONF})"
+    )
