@@ -109,6 +109,8 @@ class Cluster:
     nodes: dict[str, Node] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    # The session's S3 server (s3.py), plugged into this run's switch when given.
+    s3: Any = None
 
     def __post_init__(self) -> None:
         self.base = BASE / self.run_id
@@ -138,11 +140,15 @@ class Cluster:
         if dcs_member != lighthouse["overlay_address"]:
             raise ValueError("cluster.yaml: the etcd member must sit at the lighthouse's address")
         self.net.create_switch()
+        hosts = {}
+        if self.s3 is not None:
+            self.s3.attach(self.net)
+            hosts = self.s3.hosts()
         dcs = self.net.add_host("dcs", DCS_UNDERLAY)
         self.net.add_host("out", OUTSIDER_UNDERLAY)
         for bundle in self.bundles:
             host = self.net.add_host(bundle.az, bundle.underlay)
-            node = Node(bundle, host, self.base / "nodes" / bundle.name, self.sup)
+            node = Node(bundle, host, self.base / "nodes" / bundle.name, self.sup, hosts=hosts)
             node.lay_out()
             self.nodes[bundle.name] = node
         prefix = int(overlay["cidr"].split("/")[1])
@@ -336,6 +342,8 @@ class Cluster:
     def teardown(self) -> list[str]:
         """End every process by PID, delete every namespace; return what is left (nothing)."""
         problems = []
+        if self.s3 is not None and self.s3.attached is self.net:
+            self.s3.detach()
         # Patroni first and gently, so PostgreSQL is not left writing; then everything by force.
         for node in self.nodes.values():
             proc = node.services.get("patroni")
