@@ -50,25 +50,30 @@ def make_cluster(
     overrides: dict | None = None,
     s3: S3Server | None = None,
     start: bool = True,
+    label: str | None = None,
 ) -> Iterator[Cluster]:
     cluster = Cluster(dict(overrides or {}), s3=s3)
     failed_before = request.session.testsfailed
+    failed = False
     try:
         cluster.build()
         if start:
             cluster.start()
-            what = overrides or "shipped defaults"
+            what = label or overrides or "shipped defaults"
             FACTS.append(
                 f"cluster {cluster.run_id} ({what}): leader after "
                 f"{cluster.times['leader']:.1f} s, replica streaming after "
                 f"{cluster.times['streaming']:.1f} s"
             )
         yield cluster
+    except BaseException:
+        failed = True  # a test using the cluster directly threw its failure in (restore)
+        raise
     finally:
         with teardown_first():
             problems = cluster.teardown()
             _leaks.extend(problems)
-            if problems or request.session.testsfailed != failed_before:
+            if problems or failed or request.session.testsfailed != failed_before:
                 print(f"\ncluster tier: files of run {cluster.run_id} kept in {cluster.base}")
             else:
                 shutil.rmtree(cluster.base, ignore_errors=True)

@@ -11,6 +11,7 @@ destroys the module's cluster, so it runs last here (file order).
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime
 
@@ -47,7 +48,7 @@ def s3_overrides(s3: S3Server, **pgbackrest) -> dict:
 
 @pytest.fixture(scope="module")
 def s3_cluster(request, s3: S3Server):
-    yield from make_cluster(request, s3_overrides(s3), s3=s3)
+    yield from make_cluster(request, s3_overrides(s3), s3=s3, label="S3 repository")
 
 
 def healthy(cluster: Cluster) -> tuple[str, str]:
@@ -99,8 +100,8 @@ def test_wal_of_every_acknowledged_commit_reaches_the_bucket(s3_cluster: Cluster
     first = sql(cluster, leader, "SELECT pg_walfile_name(pg_current_wal_lsn())")
     writer = cluster.start_writer("bkt_archive", seconds=6)
     writer.popen.wait(60)
-    log = WriterLog.read(writer)
-    assert log.done and log.acked, log.errors[:5]
+    acks = WriterLog.read(writer)
+    assert acks.done and acks.acked, acks.errors[:5]
     # One more commit we know: its transaction must be in the archived WAL.
     xid, lsn = sql(
         cluster,
@@ -125,17 +126,21 @@ def test_wal_of_every_acknowledged_commit_reaches_the_bucket(s3_cluster: Cluster
         wanted.append(f"{timeline}{log:08X}{seg:08X}")
         log, seg = (log + 1, 0) if seg == 0xFF else (log, seg + 1)
     assert set(wanted) <= stored, f"missing: {sorted(set(wanted) - stored)}"
-    acked = len(log.acked)
+    acked = len(acks.acked)
     # Every acknowledged row is in the table whose WAL was archived.
     assert sql(cluster, leader, "SELECT count(*) FROM bkt_archive") == str(acked)
 
     # The replica fetches the marker's segment through archive-get (decrypting it) and finds
     # the marker's commit in it.
     node = cluster.node(replica)
-    node.enter(["rm", "-f", "/tmp/bkt-segment"])
-    pgbackrest(node, "archive-get", last, "/tmp/bkt-segment")
-    dump = node.enter([f"{PG_BIN}/pg_waldump", "/tmp/bkt-segment"], user="postgres", check=False)
-    assert f"tx: {xid}," in dump.stdout and "COMMIT" in dump.stdout, dump.stderr[-500:]
+    # pg_waldump reads where a segment starts from its file name.
+    node.enter(["install", "-d", "-o", "postgres", "/tmp/bkt-wal"])
+    pgbackrest(node, "archive-get", last, f"/tmp/bkt-wal/{last}")
+    dump = node.enter(
+        [f"{PG_BIN}/pg_waldump", f"/tmp/bkt-wal/{last}"], user="postgres", check=False
+    )
+    commits = re.findall(rf"tx:\s+{xid}, .*desc: COMMIT", dump.stdout)
+    assert len(commits) == 1, dump.stdout[-2000:] + dump.stderr[-500:]
     FACTS.append(
         f"archive: {acked} acknowledged commits and the marker in {len(wanted)} WAL "
         "segment(s), every one in the bucket"
@@ -262,7 +267,7 @@ def test_a_new_cluster_is_restored_to_a_time_between_two_commits(
         "cipher_pass": {"file": str(cipher_pass)},
     }
     overrides = s3_overrides(s3) | {"cluster.scope": RESTORED_SCOPE, "cluster.restore": restore}
-    generator = make_cluster(request, overrides, s3=s3, start=False)
+    generator = make_cluster(request, overrides, s3=s3, start=False, label="restored")
     new = next(generator)
     try:
         # What `invoke launch` checks first, against the real repository.
@@ -296,5 +301,8 @@ def test_a_new_cluster_is_restored_to_a_time_between_two_commits(
         log = new.patroni_log(second.name)
         assert "replica has been created using pgbackrest" in log, log[-3000:]
         assert sql(new, second.name, "SELECT count(*) FROM bkt_restore") == str(before)
-    finally:
+    except BaseException as error:
+        generator.throw(error)  # its teardown keeps the run's files for a look
+        raise
+    else:
         generator.close()

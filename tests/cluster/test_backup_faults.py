@@ -21,7 +21,7 @@ from test_backup import FULL, s3_overrides
 def refused_cluster(request, s3: S3Server):
     wrong = s3.write_secret("wrong-key-secret", "not-the-secret-of-this-server")
     overrides = s3_overrides(s3, repo=s3.repo(key_secret={"file": str(wrong)}))
-    yield from make_cluster(request, overrides, s3=s3)
+    yield from make_cluster(request, overrides, s3=s3, label="S3 repository, wrong key secret")
 
 
 def status(node: Node, job: str) -> dict:
