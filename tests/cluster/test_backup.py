@@ -88,7 +88,9 @@ def wait_archived(cluster: Cluster, leader: str, segment: str, timeout: float = 
 
     def archived() -> bool:
         last = sql(cluster, leader, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
-        return last[-24:] >= segment  # timeline + log + segment, fixed width hex
+        # A segment's name is 24 hex digits (timeline, log, segment); a backup's history file
+        # (`<segment>.<offset>.backup`) starts with the segment's name.
+        return last[:24] >= segment
 
     wait_for(f"{segment} archived", archived, timeout)
 
