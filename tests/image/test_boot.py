@@ -68,7 +68,8 @@ def test_written_files_have_declared_owner_mode_and_content(guest, rendered):
 def test_only_intended_services_are_enabled_and_running(guest, rendered):
     wanted = set(rendered["node"]["services"])
     assert wanted == {"patroni.service"}
-    for unit in ("patroni.service", "consul.service", "nebula.service", "postgresql.service"):
+    units = ("patroni.service", "consul.service", "nebula.service", "postgresql.service")
+    for unit in (*units, "bakery-backup-full.timer", "bakery-backup-diff.timer"):
         state = guest.agent.exec(["systemctl", "is-enabled", unit])[1].strip()
         expected = "enabled" if unit in wanted else "disabled"
         assert state == expected, f"{unit} is {state}"
@@ -81,7 +82,9 @@ def test_only_intended_services_are_enabled_and_running(guest, rendered):
     assert wanted <= running
     assert running <= ALLOWED_RUNNING, f"unexpected: {running - ALLOWED_RUNNING}"
     # The image's own units pass systemd's checks (consul's binary is not in this image).
-    for unit in ("patroni.service", "nebula.service", "bakery-metadata-guard.service"):
+    own = ("patroni.service", "nebula.service", "bakery-metadata-guard.service")
+    # A timer's verification loads the backup service it starts (and checks its ExecStart).
+    for unit in (*own, "bakery-backup-full.timer", "bakery-backup-diff.timer"):
         code, out, err = guest.agent.exec(
             ["systemd-analyze", "verify", f"/etc/systemd/system/{unit}"], timeout=60
         )

@@ -12,7 +12,6 @@ Paths on the node follow docs/node-layout.md; the job and its units come with th
 
 from __future__ import annotations
 
-import configparser
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,23 +245,6 @@ def schedule_dropins(settings: Settings) -> dict[str, str]:
             f"OnCalendar={calendar}\n"
         )
     return dropins
-
-
-def check_conf(text: str, what: str, stanza: str, options: dict[str, str], pg_path: str) -> None:
-    """Parse a rendered pgBackRest file back: the options meant, and the stanza's data path."""
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep option names
-    try:
-        parser.read_string(text)
-    except configparser.Error as error:
-        raise BakeryError(f"rendered {what} is not a valid INI file ({error})") from None
-    for name, value in options.items():
-        found = parser.get("global", name, fallback=None)
-        if found != value:
-            # Never the value: some of these are secrets.
-            raise BakeryError(f"rendered {what}: global.{name} is not what was meant")
-    if parser.get(stanza, "pg1-path", fallback=None) != pg_path:
-        raise BakeryError(f"rendered {what}: [{stanza}] pg1-path is not {pg_path}")
 
 
 def describe_restore(settings: Settings) -> str:

@@ -168,8 +168,7 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
     }
     checks.check_patroni(text["patroni.yml"], context)
     checks.check_envfile(text["patroni.env"], context)
-    checks.check_ini(text["pgbackrest.conf"], context)
-    backup.check_conf(
+    checks.check_pgbackrest(
         text["pgbackrest.conf"],
         f"pgbackrest.conf of {node.name}",
         cluster.scope,
@@ -253,8 +252,9 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
             "parameters": cluster_parameters,
         },
     }
-    if backup.recovery_conf(settings):
-        bootstrap_dcs["postgresql"]["recovery_conf"] = backup.recovery_conf(settings)
+    recovery_conf = backup.recovery_conf(settings)
+    if recovery_conf:
+        bootstrap_dcs["postgresql"]["recovery_conf"] = recovery_conf
     replica_methods, replica_pgbackrest = backup.replica_methods(settings)
     local_parameters = {
         "ssl": "on",
@@ -352,7 +352,7 @@ def _backup_files(settings, env, context, material, node: Node) -> list[BundleFi
         files.append(BundleFile(backup.REPO_CA, access.repo.ca_pem, "postgres:postgres", "0644"))
     if context["restore_options"] is not None:
         text = render(env, "pgbackrest-restore.conf.j2", **context)
-        backup.check_conf(
+        checks.check_pgbackrest(
             text,
             f"restore.conf of {node.name}",
             context["restore_stanza"],
