@@ -21,7 +21,7 @@ from infra import Infra
 from netns import Network
 from nodes import PG_BIN, Node
 from pgclient import Psql
-from processes import Started, Supervisor, alive, minimal_env
+from processes import Started, Supervisor, alive, minimal_env, start_time
 from restapi import RestApi
 
 from tests.owned_netns import ns_path, owned_name, pids_in_netns
@@ -369,7 +369,11 @@ class Cluster:
             if os.path.exists(ns_path(name)):
                 found.append(f"namespace {name} exists")
         for name, inode in self.net.inodes.items():
-            found += [f"process {pid} in namespace {name}" for pid in pids_in_netns(inode)]
+            found += [
+                f"process {pid} in namespace {name}"
+                for pid in pids_in_netns(inode)
+                if self._started_before_deletion(pid)
+            ]
         base = str(self.base)
         for pid in os.listdir("/proc"):
             if not pid.isdigit() or int(pid) == os.getpid():
@@ -391,6 +395,14 @@ class Cluster:
             f"link left: {line[:80]}" for line in links.stdout.splitlines() if self.run_id in line
         ]
         return found
+
+    def _started_before_deletion(self, pid: int) -> bool:
+        """A process started after the run's namespaces were deleted sits in another
+        namespace that got a freed inode number again: not the run's."""
+        if self.net.deleted_at is None:
+            return True
+        started = start_time(pid)
+        return started is not None and started <= self.net.deleted_at
 
     def remove_files(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)

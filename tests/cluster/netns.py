@@ -12,6 +12,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.owned_netns import ns_inode, ns_path, remove
 
@@ -61,6 +62,9 @@ class Network:
     # short (an error, an interrupt) is deleted too.
     created: list[str] = field(default_factory=list)
     inodes: dict[str, int] = field(default_factory=dict)
+    # When delete() was done: the kernel hands a deleted namespace's inode number to new
+    # namespaces (other test runs' too), whose processes all start later.
+    deleted_at: int | None = None
 
     @property
     def switch(self) -> str:
@@ -115,4 +119,11 @@ class Network:
         errors = []
         for name in reversed(self.created):
             errors += remove(name)
+        self.deleted_at = ticks_now()
         return errors
+
+
+def ticks_now() -> int:
+    """Clock ticks since boot, the unit of a process's start time (/proc/PID/stat)."""
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return int(uptime * os.sysconf("SC_CLK_TCK"))
