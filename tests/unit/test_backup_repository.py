@@ -181,3 +181,34 @@ def test_the_units_start_the_job_the_element_installs():
     assert "/usr/lib/bakery/pgbackrest/bakery-pgbackrest root:root 0755" in element
     assert "-o root -g postgres -m 0775 /var/lib/bakery/status" in element
     assert Path(files / "bakery-pgbackrest").stat().st_mode & 0o111
+
+
+def test_launch_checks_the_restore_source_before_any_cloud(tmp_path, monkeypatch):
+    from bakery.cloud import launch as launching
+    from bakery.cloud.api import PreflightError
+
+    def no_cloud(*args, **kwargs):
+        raise AssertionError("a cloud was contacted")
+
+    monkeypatch.setattr(launching, "connect", no_cloud)
+    raw = merged(
+        base_config(tmp_path, dcs="etcd3"),
+        **{
+            "cluster.pgbackrest": {
+                "repo": {
+                    "type": "s3",
+                    "bucket": "pg-backups",
+                    "endpoint": "localhost",
+                    "port": 1,
+                    "region": "r",
+                    "key": {"env": "K"},
+                    "key_secret": {"env": "S"},
+                }
+            },
+            "cluster.restore": {"from_scope": "old"},
+        },
+    )
+    monkeypatch.setenv("K", "k")
+    monkeypatch.setenv("S", "s")
+    with pytest.raises(PreflightError, match="bakery.cluster.pgbackrest.repo: reading s3://"):
+        launching.launch(load_settings(raw), ["a"], log=lambda line: None)
