@@ -212,3 +212,21 @@ def test_cloud_init_spends_little_on_the_bundle(guest):
     # No package work at boot: dpkg wrote nothing since generalization emptied its log.
     # (How long the bundle takes is a figure for bench/image-bench, not an assertion.)
     assert guest.agent.sh("cat /var/log/dpkg.log 2>/dev/null | wc -c").strip() == "0"
+
+
+def test_a_backup_schedule_written_after_boot_is_honoured_without_a_reload(guest):
+    """What a bundle with backups does: cloud-init writes the timer's drop-in after systemd has
+    booted, and runcmd starts the (never loaded) timer without `daemon-reload`."""
+    dropin = "/etc/systemd/system/bakery-backup-full.timer.d/bakery-schedule.conf"
+    guest.agent.sh(
+        f"mkdir -p {dropin.rsplit('/', 1)[0]} && "
+        f"printf '[Timer]\\nOnCalendar=\\nOnCalendar=Wed *-*-* 04:30:00\\n' > {dropin}"
+    )
+    try:
+        guest.agent.sh("systemctl start bakery-backup-full.timer")
+        shown = guest.agent.sh("systemctl show -p TimersCalendar bakery-backup-full.timer")
+        assert "OnCalendar=Wed *-*-* 04:30:00" in shown, shown
+        assert "Sun" not in shown, shown  # the image's calendar was replaced, not added to
+    finally:
+        guest.agent.exec(["systemctl", "stop", "bakery-backup-full.timer"])
+        guest.agent.exec(["rm", "-rf", dropin.rsplit("/", 1)[0]])
