@@ -110,7 +110,7 @@ def test_wal_of_every_acknowledged_commit_reaches_the_bucket(s3_cluster: Cluster
     leader, replica = healthy(cluster)
     sql(cluster, leader, "DROP TABLE IF EXISTS bkt_archive; CREATE TABLE bkt_archive (id int)")
     first = sql(cluster, leader, "SELECT pg_walfile_name(pg_current_wal_lsn())")
-    writer = cluster.start_writer("bkt_archive", seconds=6)
+    writer = cluster.start_writer("bkt_archive", seconds=4)
     writer.popen.wait(60)
     acks = WriterLog.read(writer)
     assert acks.done and acks.acked, acks.errors[:5]
