@@ -84,6 +84,12 @@ class Network:
     def add_host(self, name: str, underlay: str) -> Host:
         host = Host(name, f"{self.run_id}-{name}", underlay, f"v{len(self.hosts)}")
         self._add_ns(host.netns)
+        self.plug(host.netns, host.veth, underlay)
+        self.hosts[name] = host
+        return host
+
+    def plug(self, netns: str, veth: str, underlay: str) -> None:
+        """Connect namespace `netns` to the bridge as `eth0` with the address `underlay`."""
         # Both veth ends are made inside namespaces: the host's namespace never sees them.
         run(
             "ip",
@@ -91,20 +97,18 @@ class Network:
             self.switch,
             "link",
             "add",
-            host.veth,
+            veth,
             "type",
             "veth",
             "peer",
             "name",
             "eth0",
             "netns",
-            host.netns,
+            netns,
         )
-        run("ip", "-n", self.switch, "link", "set", host.veth, "master", "br0", "up")
-        run("ip", "-n", host.netns, "addr", "add", f"{underlay}/{self.prefix_len}", "dev", "eth0")
-        run("ip", "-n", host.netns, "link", "set", "eth0", "up")
-        self.hosts[name] = host
-        return host
+        run("ip", "-n", self.switch, "link", "set", veth, "master", "br0", "up")
+        run("ip", "-n", netns, "addr", "add", f"{underlay}/{self.prefix_len}", "dev", "eth0")
+        run("ip", "-n", netns, "link", "set", "eth0", "up")
 
     def cut(self, name: str) -> None:
         """Unplug a host: its underlay link goes down, so every tunnel through it stops."""

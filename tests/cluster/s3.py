@@ -172,24 +172,7 @@ class S3Server:
         if self.attached is net:
             return
         self.detach()
-        run(
-            "ip",
-            "-n",
-            net.switch,
-            "link",
-            "add",
-            "vs3",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            self.netns,
-        )
-        run("ip", "-n", net.switch, "link", "set", "vs3", "master", "br0", "up")
-        run("ip", "-n", self.netns, "addr", "add", f"{ADDRESS}/{net.prefix_len}", "dev", "eth0")
-        run("ip", "-n", self.netns, "link", "set", "eth0", "up")
+        net.plug(self.netns, "vs3", ADDRESS)
         self.attached = net
 
     def detach(self) -> None:

@@ -75,24 +75,25 @@ def test_decrypts_what_openssl_encrypts_the_way_pgbackrest_does(tmp_path):
         decrypt(BACKUP_INFO.encode(), "Secr3t")
 
 
-def test_an_unreachable_source_is_a_problem_of_the_repository(tmp_path):
-    raw = merged(
+def unreachable_source(tmp_path) -> dict:
+    """A restore from an S3 repository nobody serves (a closed port on this machine)."""
+    repo = {
+        "type": "s3",
+        "bucket": "pg-backups",
+        "endpoint": "localhost",
+        "port": 1,
+        "region": "r",
+        "key": {"env": "K"},
+        "key_secret": {"env": "S"},
+    }
+    return merged(
         base_config(tmp_path, dcs="etcd3"),
-        **{
-            "cluster.pgbackrest": {
-                "repo": {
-                    "type": "s3",
-                    "bucket": "pg-backups",
-                    "endpoint": "localhost",
-                    "port": 1,
-                    "region": "r",
-                    "key": {"env": "K"},
-                    "key_secret": {"env": "S"},
-                }
-            },
-            "cluster.restore": {"from_scope": "old"},
-        },
+        **{"cluster.pgbackrest": {"repo": repo}, "cluster.restore": {"from_scope": "old"}},
     )
+
+
+def test_an_unreachable_source_is_a_problem_of_the_repository(tmp_path):
+    raw = unreachable_source(tmp_path)
     (problem,) = restore_problems(load_settings(raw), {"K": "k", "S": "s"})
     assert problem.field == "bakery.cluster.pgbackrest.repo"
     assert "reading s3://pg-backups/pgbackrest/backup/old/backup.info: no answer" in problem.message
@@ -191,23 +192,7 @@ def test_launch_checks_the_restore_source_before_any_cloud(tmp_path, monkeypatch
         raise AssertionError("a cloud was contacted")
 
     monkeypatch.setattr(launching, "connect", no_cloud)
-    raw = merged(
-        base_config(tmp_path, dcs="etcd3"),
-        **{
-            "cluster.pgbackrest": {
-                "repo": {
-                    "type": "s3",
-                    "bucket": "pg-backups",
-                    "endpoint": "localhost",
-                    "port": 1,
-                    "region": "r",
-                    "key": {"env": "K"},
-                    "key_secret": {"env": "S"},
-                }
-            },
-            "cluster.restore": {"from_scope": "old"},
-        },
-    )
+    raw = unreachable_source(tmp_path)
     monkeypatch.setenv("K", "k")
     monkeypatch.setenv("S", "s")
     with pytest.raises(PreflightError, match="bakery.cluster.pgbackrest.repo: reading s3://"):
