@@ -197,3 +197,9 @@ def test_launch_checks_the_restore_source_before_any_cloud(tmp_path, monkeypatch
     monkeypatch.setenv("S", "s")
     with pytest.raises(PreflightError, match="bakery.cluster.pgbackrest.repo: reading s3://"):
         launching.launch(load_settings(raw), ["a"], log=lambda line: None)
+
+
+def test_a_status_that_cannot_be_written_fails_the_job_with_a_line(job, tmp_path, capsys):
+    job.STATUS_DIR = tmp_path / "missing"
+    assert job.run_job("backup", lambda: "full backup taken") == 1
+    assert "cannot record backup in" in capsys.readouterr().err
