@@ -248,6 +248,7 @@ def test_a_new_cluster_is_restored_to_a_time_between_two_commits(
     before, after = 25, 25
     for n in range(before):
         sql(old, leader, f"INSERT INTO bkt_restore VALUES ({n}, 'before')")  # noqa: S608
+    # Gaps, not waits: the target lies well apart from the commits on both sides of it.
     time.sleep(1.5)
     target = sql(
         old,
