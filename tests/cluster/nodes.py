@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bundle import NodeBundle, parse_envfile, place
+from bundle import REPO, NodeBundle, parse_envfile, place
 from netns import Host
 from processes import Started, Supervisor, alive, minimal_env
 
@@ -40,6 +41,11 @@ NODE_DIRS = [
     ("/var/spool/pgbackrest", "postgres", 0o750),
     ("/run/postgresql", "postgres", 0o2775),
     ("/tmp", "root", 0o1777),
+    # The backup job (as the pgbackrest element installs it), its status directory, and the
+    # timers' schedule drop-ins the bundle writes.
+    ("/usr/lib/bakery/pgbackrest", "root", 0o755),
+    ("/var/lib/bakery/status", "root:postgres", 0o775),
+    ("/etc/systemd/system", "root", 0o755),
 ]
 # What is bind-mounted from the node root (a subdirectory of one of these is carried along).
 MOUNTS = [
@@ -52,7 +58,13 @@ MOUNTS = [
     "/var/spool/pgbackrest",
     "/run/postgresql",
     "/tmp",
+    "/usr/lib/bakery/pgbackrest",
+    "/var/lib/bakery/status",
+    "/etc/systemd/system",
 ]
+# Files bind-mounted from the node root: the node's own name resolution.
+FILE_MOUNTS = ["/etc/hosts"]
+BACKUP_JOB = REPO / "scripts" / "pgbackrest" / "files" / "bakery-pgbackrest"
 
 
 def _run(argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
@@ -69,6 +81,8 @@ class Node:
     sup: Supervisor
     holder: Started | None = None
     services: dict[str, Started] = field(default_factory=dict)
+    # Names the node resolves besides the host's /etc/hosts (the S3 endpoint).
+    hosts: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -90,12 +104,22 @@ class Node:
         for path, owner, mode in NODE_DIRS:
             d = self.root / path.lstrip("/")
             d.mkdir(parents=True, exist_ok=True)
-            uid, gid = (pg.pw_uid, pg.pw_gid) if owner == "postgres" else (0, 0)
+            uid, gid = {"postgres": (pg.pw_uid, pg.pw_gid), "root:postgres": (0, pg.pw_gid)}.get(
+                owner, (0, 0)
+            )
             os.chown(d, uid, gid)
             os.chmod(d, mode)
-        # The harness starts what runcmd starts, in its order; it knows nebula and patroni.
+        job = self.file("/usr/lib/bakery/pgbackrest/bakery-pgbackrest")
+        shutil.copyfile(BACKUP_JOB, job)
+        os.chmod(job, 0o755)  # noqa: S103 - as the image installs it
+        lines = [Path("/etc/hosts").read_text().rstrip("\n")]
+        lines += [f"{address} {name}" for name, address in self.hosts.items()]
+        self.file("/etc/hosts").write_text("\n".join(lines) + "\n")
+        # The harness starts what runcmd starts, in its order; it knows nebula and patroni. The
+        # backup timers' jobs are run by the tests, as their units say (backup_jobs.py).
         runcmd = self.bundle.runcmd()
-        wanted = service_commands(["nebula.service", "patroni.service"])
+        timers = [u for u in (runcmd[0] if runcmd else []) if u.endswith(".timer")]
+        wanted = service_commands(["nebula.service", "patroni.service", *timers])
         if runcmd != wanted:
             raise RuntimeError(
                 f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then patroni)"
@@ -140,6 +164,8 @@ class Node:
             Path(path).mkdir(parents=True, exist_ok=True)
             src = self.root / path.lstrip("/")
             self.enter(["mount", "--bind", str(src), path])
+        for path in FILE_MOUNTS:
+            self.enter(["mount", "--bind", str(self.file(path)), path])
 
     def _holder_ready(self) -> bool:
         # `ip netns exec` and `unshare` exec in place: ready once the PID runs `sleep`
