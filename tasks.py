@@ -9,6 +9,7 @@ INVOKE_BAKERY_* variables); BAKERY_DEBUG=1 shows tracebacks.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,9 +66,12 @@ _clear_yaml_errors()
 
 
 def _settings(c):
-    from bakery.config import load_settings
+    from bakery.config import config_warnings, load_settings
 
-    return load_settings(_plain(c.config.get("bakery")))
+    settings = load_settings(_plain(c.config.get("bakery")))
+    for warning in config_warnings(settings):
+        print(f"bakery: warning: {warning}", file=sys.stderr)
+    return settings
 
 
 @task(
@@ -93,6 +97,10 @@ def render(c, az, out="out/render"):
                 "bytes in base64"
             )
         print(f"rendered {len(bundles)} node(s) into {out}")
+        if settings.cluster.restore is not None:
+            from bakery.node.backup import describe_restore
+
+            print(describe_restore(settings))
 
 
 @task

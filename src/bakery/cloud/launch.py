@@ -110,6 +110,7 @@ def launch(
     progress: watch.Progress | None = None,
 ) -> LaunchResult:
     labels = planning.select_azs(settings, az_labels)
+    _check_restore_source(settings)
     with interrupt_on_sigterm():
         targets, existing = _preflight(settings, labels, log)
         with lifecycle_lock(settings.state_dir, settings.cluster.scope, "launch"):
@@ -143,6 +144,16 @@ def wait_healthy(
 
 
 # -- 1. preflight ---------------------------------------------------------------------------
+
+
+def _check_restore_source(settings: Settings) -> None:
+    """A cluster restored from a repository: the source must hold a backup to restore (to the
+    target time), or nothing is created."""
+    from ..repo.info import restore_problems
+
+    problems = restore_problems(settings)
+    if problems:
+        raise PreflightError([str(p) for p in problems])
 
 
 def resolve_targets(settings: Settings, labels: list[str]) -> tuple[dict[str, AzTarget], list]:
