@@ -9,6 +9,7 @@ INVOKE_BAKERY_* variables); BAKERY_DEBUG=1 shows tracebacks.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,9 +66,12 @@ _clear_yaml_errors()
 
 
 def _settings(c):
-    from bakery.config import load_settings
+    from bakery.config import config_warnings, load_settings
 
-    return load_settings(_plain(c.config.get("bakery")))
+    settings = load_settings(_plain(c.config.get("bakery")))
+    for warning in config_warnings(settings):
+        print(f"bakery: warning: {warning}", file=sys.stderr)
+    return settings
 
 
 @task(
@@ -93,6 +97,10 @@ def render(c, az, out="out/render"):
                 "bytes in base64"
             )
         print(f"rendered {len(bundles)} node(s) into {out}")
+        if settings.cluster.restore is not None:
+            from bakery.node.backup import describe_restore
+
+            print(describe_restore(settings))
 
 
 @task
@@ -132,10 +140,7 @@ def check(c):
 def bake(c, environment, target="cloud", definition=None, out=None):
     """Bake the golden image: the elements of images/<definition>.yaml, verified, released."""
     with _reported(c):
-        from bakery.errors import BakeryError
-
-        if target not in ("cloud", "local"):
-            raise BakeryError(f"bake --target {target!r}: allowed are 'cloud' and 'local'")
+        _check_target("bake", target)
         if target == "local":
             _bake_local(c, definition, out, environment)
             return
@@ -168,41 +173,131 @@ def _bake_local(c, definition, out, environment):
         "az": "AZ label from the config (repeat: --az a --az b); default: every AZ",
         "target": "'cloud' (default: the newest released image) or 'local' (QEMU VMs of the "
         "local bake on this machine, as root)",
+        "no_wait": "cloud: return once the servers are ACTIVE, without waiting for health",
         "dry_run": "local: print the plan and create nothing",
     },
     iterable=["az"],
 )
-def launch(c, az, target="cloud", dry_run=False):
-    """Start the nodes of the chosen AZs: from the newest released image, or as local VMs."""
+def launch(c, az, target="cloud", no_wait=False, dry_run=False):
+    """Start the nodes of the chosen AZs (those missing) and wait for a healthy cluster."""
     with _reported(c):
         _check_target("launch", target)
         if target == "local":
+            _only_for("launch", "cloud", no_wait=no_wait)
             _launch_local(c, az, dry_run)
             return
-        if dry_run:
-            from bakery.errors import BakeryError
-
-            raise BakeryError("launch --dry-run: only with --target local")
+        _only_for("launch", "local", dry_run=dry_run)
         from bakery.cloud.launch import launch as launch_nodes
 
-        result = launch_nodes(_settings(c), az, log=_progress)
+        result = launch_nodes(
+            _settings(c), az, log=_progress, wait=not no_wait, progress=_progress_display()
+        )
         for node in result.nodes:
-            print(f"{node.name}: AZ {node.az}, {node.address}, server {node.server_id}")
-        print(f"launched {len(result.nodes)} node(s) from {result.nodes[0].image}")
+            what = "launched" if node.created else "existed"
+            print(f"{node.name}: AZ {node.az}, {node.address}, server {node.server_id} ({what})")
+        created = [n for n in result.nodes if n.created]
+        print(f"launched {len(created)} node(s), {len(result.nodes) - len(created)} existed")
+        if result.view is not None:
+            from bakery.cloud.status import as_text, status_of
+
+            print(as_text(status_of(result.view)))
+
+
+@task(
+    help={
+        "az": "cloud: only the nodes of this AZ (repeat for several); default: every AZ",
+        "json": "cloud: print the stable JSON document (docs/lifecycle.md) instead of the table",
+        "target": "'cloud' (default) or 'local' (the cluster `invoke launch --target local` "
+        "started here)",
+    },
+    iterable=["az"],
+)
+def status(c, az, json=False, target="cloud"):
+    """Each node's server, image and last report; exit 0 healthy, 1 degraded, 2 unreadable."""
+    with _reported(c):
+        _check_target("status", target)
+        if target == "local":
+            _only_for("status", "cloud", az=az, json=json)
+            _status_local(c)
+            return
+        from bakery.cloud.status import as_json, as_text
+        from bakery.cloud.status import status as cluster_status
+
+        result = cluster_status(_settings(c), az)
+        if json:
+            import json as json_module
+
+            print(json_module.dumps(as_json(result), indent=2))
+        else:
+            print(as_text(result))
+        if result.exit_code:
+            raise Exit(code=result.exit_code)
+
+
+@task(help={"dry_run": "only print the plan: which node, in which order, from which image"})
+def roll(c, dry_run=False):
+    """Move every node onto the newest released generation: replicas first, the leader last."""
+    with _reported(c):
+        from bakery.cloud.roll import roll as roll_cluster
+        from bakery.cloud.roll import summary
+
+        result = roll_cluster(
+            _settings(c), dry_run=dry_run, log=_progress, progress=_progress_display()
+        )
+        print("dry run: nothing was changed" if dry_run else summary(result))
+
+
+@task(help={"node": "the node's name (`invoke status` lists them)"})
+def replace(c, node):
+    """Give a node a new server from the newest released generation on its port."""
+    with _reported(c):
+        from bakery.cloud.replace import replace as replace_node
+
+        done = replace_node(_settings(c), node, log=_progress, progress=_progress_display())
+        old = done.old_image or "no server"
+        print(f"{done.node}: {old} -> {done.new_image} in {done.seconds:.0f} s")
+
+
+@task(
+    help={
+        "az": "cloud: only the nodes of this AZ (repeat for several); default: the whole cluster",
+        "yes": "cloud: really delete the servers and ports",
+        "target": "'cloud' (default) or 'local' (the cluster `invoke launch --target local` "
+        "started here: its VMs, namespaces, disks and logs)",
+    },
+    iterable=["az"],
+)
+def destroy(c, az, yes=False, target="cloud"):
+    """Stop and delete the cluster's servers, then its ports (images stay); or the local one."""
+    with _reported(c):
+        _check_target("destroy", target)
+        if target == "local":
+            _only_for("destroy", "cloud", az=az)
+            _destroy_local(c)
+            return
+        from bakery.cloud.destroy import destroy as destroy_cluster
+
+        result = destroy_cluster(_settings(c), az, yes, log=_progress)
+        print(f"deleted {len(result.servers)} server(s) and {len(result.ports)} port(s)")
 
 
 @task(
     help={
         "force": "bake a new generation even if nothing changed",
         "dry_run": "only say what would be baked, retired and deleted",
+        "roll": "then roll the cluster onto the newest generation if it is healthy (fail if not)",
     }
 )
-def rebuild(c, force=False, dry_run=False):
+def rebuild(c, force=False, dry_run=False, roll=False):
     """Bake a new generation if inputs, base image or age call for it; retire old ones."""
     with _reported(c):
         from bakery.cloud.rebuild import rebuild as run_rebuild
 
-        result = run_rebuild(_settings(c), force=force, dry_run=dry_run, log=_progress)
+        result = run_rebuild(
+            _settings(c), force=force, dry_run=dry_run, log=_progress, roll=roll and not dry_run
+        )
+        if result.rolled:
+            print(result.rolled)
         if result.baked is not None:
             print(f"baked {result.baked.build_id}")
         elif any(result.reasons.values()):
@@ -214,14 +309,21 @@ def rebuild(c, force=False, dry_run=False):
                 print(f"{label}: {'would delete' if dry_run else 'deleted'} {', '.join(names)}")
 
 
-def _check_target(name: str, target: str, allowed: tuple[str, ...] = ("cloud", "local")) -> None:
-    if target not in allowed:
+def _check_target(name: str, target: str) -> None:
+    if target not in ("cloud", "local"):
         from bakery.errors import BakeryError
 
-        shown = " and ".join(repr(t) for t in allowed)
-        raise BakeryError(
-            f"{name} --target {target!r}: allowed {'is' if len(allowed) == 1 else 'are'} {shown}"
-        )
+        raise BakeryError(f"{name} --target {target!r}: allowed are 'cloud' and 'local'")
+
+
+def _only_for(name: str, target: str, **options) -> None:
+    """Refuse options given (truthy) that only the other target has."""
+    given = [k for k, v in options.items() if v]
+    if given:
+        from bakery.errors import BakeryError
+
+        shown = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise BakeryError(f"{name} {shown}: only with --target {target}")
 
 
 def _launch_local(c, az, dry_run):
@@ -247,37 +349,38 @@ def _invocation(c) -> str:
     return shlex.join([program, *(["-f", str(config)] if config else [])])
 
 
-@task(help={"target": "'local': the cluster `invoke launch --target local` started here"})
-def status(c, target="local"):
-    """The cluster's nodes and their last reports; exit 0 healthy, 1 degraded, 2 unreadable."""
-    with _reported(c):
-        _check_target("status", target, ("local",))
-        from bakery.local.status import status as local_status
+def _status_local(c):
+    from bakery.local.status import status as local_status
 
-        result = local_status(_settings(c))
-        print(result.heading)
-        if result.table:
-            print(result.table)
-        for warning in result.warnings:
-            print(f"warning: {warning}")
-        print(result.verdict)
-        if result.exit_code:
-            raise Exit(code=result.exit_code)
+    result = local_status(_settings(c))
+    print(result.heading)
+    if result.table:
+        print(result.table)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(result.verdict)
+    if result.exit_code:
+        raise Exit(code=result.exit_code)
 
 
-@task(help={"target": "'local': the cluster `invoke launch --target local` started here"})
-def destroy(c, target="local"):
-    """Stop the cluster and remove everything it consists of."""
-    with _reported(c):
-        _check_target("destroy", target, ("local",))
-        from bakery.local.destroy import destroy as destroy_local
+def _destroy_local(c):
+    from bakery.local.destroy import destroy as destroy_local
 
-        run = destroy_local(_settings(c), log=_progress)
-        print(f"destroyed {run}" if run else "no local cluster of this config: nothing to destroy")
+    run = destroy_local(_settings(c), log=_progress)
+    print(f"destroyed {run}" if run else "no local cluster of this config: nothing to destroy")
 
 
 def _progress(line: str) -> None:
     print(f"bakery: {line}", flush=True)
 
 
-ns = Collection(render, ca, check, bake, launch, rebuild, status, destroy)
+def _progress_display():
+    """Waits redraw one line per node on a terminal, and log changed lines elsewhere."""
+    import sys
+
+    from bakery.cloud.watch import Progress
+
+    return Progress(_progress, sys.stdout)
+
+
+ns = Collection(render, ca, check, bake, launch, status, roll, replace, destroy, rebuild)

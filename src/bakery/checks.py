@@ -113,17 +113,23 @@ def parse_envfile(text: str) -> dict[str, str]:
     return values
 
 
-def check_ini(text: str, context: dict) -> None:
-    what = f"pgbackrest.conf of {context['node'].name}"
+def check_pgbackrest(
+    text: str, what: str, stanza: str, options: dict[str, str], pg_path: str
+) -> None:
+    """A pgBackRest file: the [global] options meant (some are secrets: never shown), and the
+    stanza's data directory."""
     parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep option names
     try:
         parser.read_string(text)
     except configparser.Error as error:
         raise _fail(what, f"not a valid INI file ({error})") from None
-    stanza = context["cluster"].scope
+    for name, value in options.items():
+        if parser.get("global", name, fallback=None) != value:
+            raise _fail(what, f"global.{name} is not what was meant")
     if not parser.has_section(stanza):
         raise _fail(what, f"no [{stanza}] stanza")
-    _expect(what, parser.get(stanza, "pg1-path"), context["paths"].data_dir, f"{stanza}.pg1-path")
+    _expect(what, parser.get(stanza, "pg1-path", fallback=None), pg_path, f"{stanza}.pg1-path")
 
 
 def check_nebula(text: str, context: dict) -> None:

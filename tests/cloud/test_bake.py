@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bakery.image.definition import load_definition
-from tests.helpers import INVOKE, PROJECT
+from tests.helpers import INVOKE, PROJECT, error_lines
 
 from .provision import BASE_IMAGE_PROPERTIES, upload_base_image, wait_for_image
 from .workflow import (
@@ -92,7 +92,7 @@ def test_bad_input_in_any_environment_creates_nothing(cloud, envs, tmp_path):
     )
     result = _bake(cloud, config)
     assert result.returncode == 1
-    lines = result.stderr.splitlines()
+    lines = error_lines(result.stderr)
     assert lines[0] == "bakery: nothing was created; fix these first:"
     assert "environment e1: compute AZ 'az9' is not available; available: az1, az2" in lines[1]
     assert "environment e2: no flavor 'no-such-flavor'" in lines[2]

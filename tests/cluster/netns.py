@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bakery.local.netns import entered  # noqa: F401 - restapi and infra import it from here
 from tests.owned_netns import ns_inode, ns_path, remove
@@ -38,6 +39,9 @@ class Network:
     # short (an error, an interrupt) is deleted too.
     created: list[str] = field(default_factory=list)
     inodes: dict[str, int] = field(default_factory=dict)
+    # When delete() was done: the kernel hands a deleted namespace's inode number to new
+    # namespaces (other test runs' too), whose processes all start later.
+    deleted_at: int | None = None
 
     @property
     def switch(self) -> str:
@@ -57,6 +61,12 @@ class Network:
     def add_host(self, name: str, underlay: str) -> Host:
         host = Host(name, f"{self.run_id}-{name}", underlay, f"v{len(self.hosts)}")
         self._add_ns(host.netns)
+        self.plug(host.netns, host.veth, underlay)
+        self.hosts[name] = host
+        return host
+
+    def plug(self, netns: str, veth: str, underlay: str) -> None:
+        """Connect namespace `netns` to the bridge as `eth0` with the address `underlay`."""
         # Both veth ends are made inside namespaces: the host's namespace never sees them.
         run(
             "ip",
@@ -64,20 +74,18 @@ class Network:
             self.switch,
             "link",
             "add",
-            host.veth,
+            veth,
             "type",
             "veth",
             "peer",
             "name",
             "eth0",
             "netns",
-            host.netns,
+            netns,
         )
-        run("ip", "-n", self.switch, "link", "set", host.veth, "master", "br0", "up")
-        run("ip", "-n", host.netns, "addr", "add", f"{underlay}/{self.prefix_len}", "dev", "eth0")
-        run("ip", "-n", host.netns, "link", "set", "eth0", "up")
-        self.hosts[name] = host
-        return host
+        run("ip", "-n", self.switch, "link", "set", veth, "master", "br0", "up")
+        run("ip", "-n", netns, "addr", "add", f"{underlay}/{self.prefix_len}", "dev", "eth0")
+        run("ip", "-n", netns, "link", "set", "eth0", "up")
 
     def cut(self, name: str) -> None:
         """Unplug a host: its underlay link goes down, so every tunnel through it stops."""
@@ -92,4 +100,11 @@ class Network:
         errors = []
         for name in reversed(self.created):
             errors += remove(name)
+        self.deleted_at = ticks_now()
         return errors
+
+
+def ticks_now() -> int:
+    """Clock ticks since boot, the unit of a process's start time (/proc/PID/stat)."""
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return int(uptime * os.sysconf("SC_CLK_TCK"))

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bundle import NodeBundle, parse_envfile, place
+from bundle import REPO, NodeBundle, parse_envfile, place
 from netns import Host
 from processes import Started, Supervisor, alive, minimal_env
 
 from bakery.node.bundle import service_commands
 from tests.owned_netns import kill_processes_in, ns_inode, ns_path, pids_in_netns
 from tests.unitfile import Unit
-
-REPO = Path(__file__).resolve().parents[2]
 
 PG_MAJOR = 14
 PG_BIN = f"/usr/lib/postgresql/{PG_MAJOR}/bin"
@@ -46,7 +45,11 @@ NODE_DIRS = [
     ("/tmp", "root", 0o1777),
     ("/etc/bakery", "root", 0o755),
     ("/usr/lib/bakery", "root", 0o755),
+    # The backup job (as the pgbackrest element installs it), its status directory, and the
+    # timers' schedule drop-ins the bundle writes.
+    ("/usr/lib/bakery/pgbackrest", "root", 0o755),
     ("/var/lib/bakery/status", "root:postgres", 0o775),
+    ("/etc/systemd/system", "root", 0o755),
 ]
 # What is bind-mounted from the node root (a subdirectory of one of these is carried along).
 MOUNTS = [
@@ -62,6 +65,7 @@ MOUNTS = [
     "/etc/bakery",
     "/usr/lib/bakery",
     "/var/lib/bakery",
+    "/etc/systemd/system",
 ]
 # Units the image installs and the files of its elements they run, as the elements install
 # them (path on the node, file in the repository, mode).
@@ -72,6 +76,9 @@ UNITS = {
 IMAGE_FILES = [
     ("/usr/lib/bakery/bakery-node", REPO / "scripts/reporter/files/bakery_node.py", 0o755),
 ]
+# Files bind-mounted from the node root: the node's own name resolution.
+FILE_MOUNTS = ["/etc/hosts"]
+BACKUP_JOB = REPO / "scripts" / "pgbackrest" / "files" / "bakery-pgbackrest"
 
 
 def _run(argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
@@ -88,6 +95,8 @@ class Node:
     sup: Supervisor
     holder: Started | None = None
     services: dict[str, Started] = field(default_factory=dict)
+    # Names the node resolves besides the host's /etc/hosts (the S3 endpoint).
+    hosts: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -109,19 +118,28 @@ class Node:
         for path, owner, mode in NODE_DIRS:
             d = self.root / path.lstrip("/")
             d.mkdir(parents=True, exist_ok=True)
-            uid = pg.pw_uid if owner == "postgres" else 0
-            gid = pg.pw_gid if owner.endswith("postgres") else 0
+            uid, gid = {"postgres": (pg.pw_uid, pg.pw_gid), "root:postgres": (0, pg.pw_gid)}.get(
+                owner, (0, 0)
+            )
             os.chown(d, uid, gid)
             os.chmod(d, mode)
+        job = self.file("/usr/lib/bakery/pgbackrest/bakery-pgbackrest")
+        shutil.copyfile(BACKUP_JOB, job)
+        os.chmod(job, 0o755)  # noqa: S103 - as the image installs it
         for path, source, mode in IMAGE_FILES:
             target = self.file(path)
             target.write_bytes(source.read_bytes())
             target.chmod(mode)
         # The image's manifest, whose build id the reporter puts into its lines.
         self.file("/etc/bakery/manifest.json").write_text(f'{{"build_id": "{BUILD_ID}"}}\n')
-        # The harness starts what runcmd starts, in its order; it knows nebula and patroni.
+        lines = [Path("/etc/hosts").read_text().rstrip("\n")]
+        lines += [f"{address} {name}" for name, address in self.hosts.items()]
+        self.file("/etc/hosts").write_text("\n".join(lines) + "\n")
+        # The harness starts what runcmd starts, in its order; it knows nebula and patroni. The
+        # backup timers' jobs are run by the tests, as their units say (backup_jobs.py).
         runcmd = self.bundle.runcmd()
-        wanted = service_commands(["nebula.service", "patroni.service"])
+        timers = [u for u in (runcmd[0] if runcmd else []) if u.endswith(".timer")]
+        wanted = service_commands(["nebula.service", "patroni.service", *timers])
         if runcmd != wanted:
             raise RuntimeError(
                 f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then patroni)"
@@ -166,6 +184,8 @@ class Node:
             Path(path).mkdir(parents=True, exist_ok=True)
             src = self.root / path.lstrip("/")
             self.enter(["mount", "--bind", str(src), path])
+        for path in FILE_MOUNTS:
+            self.enter(["mount", "--bind", str(self.file(path)), path])
 
     def _holder_ready(self) -> bool:
         # `ip netns exec` and `unshare` exec in place: ready once the PID runs `sleep`
@@ -261,7 +281,7 @@ class Node:
         self.sup.stop(self.services.pop("patroni"), signal.SIGTERM, deadline - time.monotonic())
         return took
 
-    def console(self) -> str:
+    def console_text(self) -> str:
         """What the reporter wrote (its stdout; the image sends it to the serial console)."""
         log = self.sup.log_dir / f"{self.name}-reporter.log"
         return log.read_text(errors="replace") if log.exists() else ""

@@ -2,7 +2,7 @@
 namespaces against the real Patroni: what the BAKERY-NODE lines say is what the REST API says,
 and `systemctl stop patroni` on the leader is a switchover.
 
-A node's reporter output (logs/<node>-reporter.log) stands for its serial console: the image
+A node's reporter output (its log, `Node.console_text()`) stands for its serial console: the image
 sends the same stdout there (StandardOutput=journal+console).
 """
 
@@ -20,7 +20,7 @@ MAX_LAG = 1048576  # the shipped maximum_lag_on_failover, which node.env carries
 
 
 def report_of(c: Cluster, name: str) -> NodeReport | None:
-    return last_report(c.node(name).console(), name)
+    return last_report(c.node(name).console_text(), name)
 
 
 def agrees_with_rest_api(c: Cluster, name: str) -> NodeReport | None:
@@ -53,10 +53,10 @@ def test_reports_on_the_console_agree_with_the_rest_api(cluster: Cluster):
     # Short lines, and nothing of the node's secrets or addresses.
     secrets = [v for k, v in c.node(leader).patroni_env().items() if "PASSWORD" in k]
     for node in c.nodes.values():
-        lines = [line for line in node.console().splitlines() if "BAKERY-NODE" in line]
+        lines = [line for line in node.console_text().splitlines() if "BAKERY-NODE" in line]
         assert lines and all(len(line) < 300 for line in lines)
-        assert not any(str(s) in node.console() for s in secrets)
-        assert node.address not in node.console()
+        assert not any(str(s) in node.console_text() for s in secrets)
+        assert node.address not in node.console_text()
 
 
 def test_a_failed_job_appears_in_the_next_line_and_goes_again(cluster: Cluster):

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from bakery.image.definition import load_definition
+from bakery.image.manifest import console_objects
 from bakery.node.report import NodeReport, judge, last_report
 
 pytestmark = pytest.mark.slow
@@ -72,7 +73,8 @@ def test_written_files_have_declared_owner_mode_and_content(guest, rendered):
 def test_only_intended_services_are_enabled_and_running(guest, rendered):
     wanted = set(rendered["node"]["services"])
     assert wanted == {"patroni.service"}
-    for unit in ("patroni.service", "consul.service", "nebula.service", "postgresql.service"):
+    units = ("patroni.service", "consul.service", "nebula.service", "postgresql.service")
+    for unit in (*units, "bakery-backup-full.timer", "bakery-backup-diff.timer"):
         state = guest.agent.exec(["systemctl", "is-enabled", unit])[1].strip()
         expected = "enabled" if unit in wanted else "disabled"
         assert state == expected, f"{unit} is {state}"
@@ -90,8 +92,10 @@ def test_only_intended_services_are_enabled_and_running(guest, rendered):
     )
     assert "bakery-reporter.service" in running
     # The image's own units pass systemd's checks (consul's binary is not in this image).
-    units = ("patroni.service", "nebula.service", "bakery-metadata-guard.service")
-    for unit in (*units, "bakery-reporter.service"):
+    own = ("patroni.service", "nebula.service", "bakery-metadata-guard.service")
+    # A timer's verification loads the backup service it starts (and checks its ExecStart).
+    timers = ("bakery-backup-full.timer", "bakery-backup-diff.timer")
+    for unit in (*own, *timers, "bakery-reporter.service"):
         code, out, err = guest.agent.exec(
             ["systemd-analyze", "verify", f"/etc/systemd/system/{unit}"], timeout=60
         )
@@ -199,11 +203,10 @@ def test_image_is_generalized(guest):
 
 
 def test_manifest_on_console_matches_definition(guest, built):
-    lines = [
-        line for line in guest.console_text().splitlines() if line.startswith("BAKERY-MANIFEST ")
-    ]
-    assert lines, "no BAKERY-MANIFEST line on the console"
-    manifest = json.loads(lines[-1].removeprefix("BAKERY-MANIFEST "))
+    # A getty prompt may share the console line with it (seen under load).
+    printed = console_objects(guest.console_text(), "BAKERY-MANIFEST ")
+    assert printed, "no BAKERY-MANIFEST line on the console"
+    manifest = printed[-1]
     loaded = load_definition("local-test")
     d = loaded.definition
     assert manifest["image"] == d.name
@@ -246,3 +249,21 @@ def test_cloud_init_spends_little_on_the_bundle(guest):
     # No package work at boot: dpkg wrote nothing since generalization emptied its log.
     # (How long the bundle takes is a figure for bench/image-bench, not an assertion.)
     assert guest.agent.sh("cat /var/log/dpkg.log 2>/dev/null | wc -c").strip() == "0"
+
+
+def test_a_backup_schedule_written_after_boot_is_honoured_without_a_reload(guest):
+    """What a bundle with backups does: cloud-init writes the timer's drop-in after systemd has
+    booted, and runcmd starts the (never loaded) timer without `daemon-reload`."""
+    dropin = "/etc/systemd/system/bakery-backup-full.timer.d/bakery-schedule.conf"
+    guest.agent.sh(
+        f"mkdir -p {dropin.rsplit('/', 1)[0]} && "
+        f"printf '[Timer]\\nOnCalendar=\\nOnCalendar=Wed *-*-* 04:30:00\\n' > {dropin}"
+    )
+    try:
+        guest.agent.sh("systemctl start bakery-backup-full.timer")
+        shown = guest.agent.sh("systemctl show -p TimersCalendar bakery-backup-full.timer")
+        assert "OnCalendar=Wed *-*-* 04:30:00" in shown, shown
+        assert "Sun" not in shown, shown  # the image's calendar was replaced, not added to
+    finally:
+        guest.agent.exec(["systemctl", "stop", "bakery-backup-full.timer"])
+        guest.agent.exec(["rm", "-rf", dropin.rsplit("/", 1)[0]])

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from bakery.image.definition import load_definition
-from bakery.image.manifest import last_result, manifest_problems
+from bakery.image.manifest import console_objects, last_result, manifest_problems
 
 BUILD_ID = "postgresql14-patroni-20261126T000000Z-0123abcd"
 
@@ -79,3 +79,14 @@ def test_last_result_skips_noise_and_cut_lines():
     )
     assert last_result(console) == {"status": "ok", "build_id": "b"}
     assert last_result("no result here\nBAKERY-RESULT [1, 2]\n") is None
+
+
+def test_console_objects_survive_interleaved_output():
+    text = (
+        "[  12.3] kernel line\n"
+        'getty login: BAKERY-MANIFEST {"a": 1}Debian GNU/Linux 12 node ttyS0\n'
+        'BAKERY-MANIFEST {"cut": \n'
+        'BAKERY-MANIFEST {"b": 2}\n'
+    )
+    assert console_objects(text, "BAKERY-MANIFEST ") == [{"a": 1}, {"b": 2}]
+    assert last_result('x BAKERY-RESULT {"status": "ok"} trailing') == {"status": "ok"}

@@ -19,6 +19,7 @@ from ..config import Settings
 from ..errors import BakeryError, ConfigError, Problem
 from ..secrets import Secret, SecretStore
 from ..templating import make_environment, render
+from . import backup
 from .plan import Node, Plan
 
 # Nova refuses user-data whose base64 form is larger than this.
@@ -85,8 +86,7 @@ class _ClusterMaterial:
     gossip_key: Secret | None
     acl_token: Secret | None
     admin_verifier: str
-    s3_key: Secret | None
-    s3_key_secret: Secret | None
+    backup: backup.BackupMaterial
 
 
 def build_bundles(settings: Settings, plan: Plan, environ: dict[str, str] | None = None) -> list:
@@ -139,11 +139,7 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
         resolve(consul.gossip_key, f"{where}.gossip_key") if consul and consul.gossip_key else None
     )
     token = resolve(consul.acl_token, f"{where}.acl_token") if consul and consul.acl_token else None
-    repo = settings.cluster.pgbackrest.repo
-    s3_key = s3_secret = None
-    if repo.type == "s3":
-        s3_key = resolve(repo.key, "bakery.cluster.pgbackrest.repo.key")
-        s3_secret = resolve(repo.key_secret, "bakery.cluster.pgbackrest.repo.key_secret")
+    backup_material = backup.prepare(settings, store)
     # Passwords last: they are the only thing written to the state directory here.
     return _ClusterMaterial(
         ca,
@@ -152,8 +148,7 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
         gossip,
         token,
         store.scram_verifier("admin"),
-        s3_key,
-        s3_secret,
+        backup.generate(settings, store, backup_material),
     )
 
 
@@ -181,7 +176,13 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
     }
     checks.check_patroni(text["patroni.yml"], context)
     checks.check_envfile(text["patroni.env"], context)
-    checks.check_ini(text["pgbackrest.conf"], context)
+    checks.check_pgbackrest(
+        text["pgbackrest.conf"],
+        f"pgbackrest.conf of {node.name}",
+        cluster.scope,
+        context["repo_options"],
+        paths.data_dir,
+    )
     checks.check_node_env(text["node.env"], context)
     files = [
         BundleFile(paths.config, text["patroni.yml"], "postgres:postgres", "0600"),
@@ -194,6 +195,7 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
         # Who the node is, for the reporter and the handover (docs/node-report.md); no secret.
         BundleFile(paths.node_env, text["node.env"], "root:root", "0644"),
     ]
+    files += _backup_files(settings, env, context, material, node)
     services = []
     if settings.overlay.type == "nebula":
         files += _nebula_files(settings, env, context, node, node_dir)
@@ -202,6 +204,7 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
         files += _consul_files(settings, env, context, material, node, node_dir)
         services.append("consul.service")
     services.append("patroni.service")
+    services += backup.timers(settings)
     runcmd = service_commands(services)
     write_files = [
         {"path": f.path, "owner": f.owner, "permissions": f.mode, "content": f.content}
@@ -244,12 +247,7 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
         "max_wal_senders": 10,
         "max_replication_slots": 10,
     }
-    if cluster.pgbackrest.archive:
-        cluster_parameters |= {
-            "archive_mode": "on",
-            # Cluster-wide (it lives in the DCS): nothing node-specific may appear in it.
-            "archive_command": f"pgbackrest --stanza={cluster.scope} archive-push %p",
-        }
+    cluster_parameters |= backup.cluster_parameters(settings)
     cluster_parameters |= pg.parameters
     bootstrap_dcs = {
         "ttl": timings.ttl,
@@ -265,6 +263,10 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
             "parameters": cluster_parameters,
         },
     }
+    recovery_conf = backup.recovery_conf(settings)
+    if recovery_conf:
+        bootstrap_dcs["postgresql"]["recovery_conf"] = recovery_conf
+    replica_methods, replica_pgbackrest = backup.replica_methods(settings)
     local_parameters = {
         "ssl": "on",
         "ssl_cert_file": paths.node_cert,
@@ -289,10 +291,12 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
         "local_parameters": local_parameters,
         "pg_hba": pg_hba(pg.allowed_networks),
         "etcd_hosts": [f"{m.address}:{dcs.etcd3.port}" for m in dcs.members] if dcs.etcd3 else [],
-        "repo": cluster.pgbackrest.repo,
-        "retention_full": cluster.pgbackrest.retention_full,
-        "s3_key": material.s3_key,
-        "s3_key_secret": material.s3_key_secret,
+        "replica_methods": replica_methods,
+        "replica_pgbackrest": replica_pgbackrest,
+        "restore_method_name": backup.RESTORE_METHOD,
+        "restore_method": backup.restore_method(settings),
+        "backup_job": backup.JOB,
+        **backup.conf_context(settings, material.backup),
     }
 
 
@@ -348,6 +352,32 @@ def _nebula_files(settings, env, context, node: Node, node_dir: Path) -> list[Bu
         BundleFile("/etc/nebula/host.crt", host.cert_pem, "root:root", "0644"),
         BundleFile("/etc/nebula/host.key", host.key_pem, "root:root", "0600"),
     ]
+
+
+def _backup_files(settings, env, context, material, node: Node) -> list[BundleFile]:
+    """The repositories' CA files, the restore source's configuration and the backup
+    schedule (docs/backups.md); pgbackrest.conf itself is among the node's main files."""
+    access = material.backup
+    files = []
+    if access.repo.ca_pem is not None:
+        files.append(BundleFile(backup.REPO_CA, access.repo.ca_pem, "postgres:postgres", "0644"))
+    if context["restore_options"] is not None:
+        text = render(env, "pgbackrest-restore.conf.j2", **context)
+        checks.check_pgbackrest(
+            text,
+            f"restore.conf of {node.name}",
+            context["restore_stanza"],
+            context["restore_options"],
+            context["paths"].data_dir,
+        )
+        # It holds the source repository's keys.
+        files.append(BundleFile(backup.RESTORE_CONF, text, "postgres:postgres", "0600"))
+        source = access.restore
+        if source is not None and source.ca_pem is not None:
+            files.append(BundleFile(backup.RESTORE_CA, source.ca_pem, "postgres:postgres", "0644"))
+    for path, text in backup.schedule_dropins(settings).items():
+        files.append(BundleFile(path, text, "root:root", "0644"))
+    return files
 
 
 def _consul_files(settings, env, context, material, node: Node, node_dir: Path):

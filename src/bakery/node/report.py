@@ -11,9 +11,10 @@ cloud keeps, and other programs print what they like. A line that does not parse
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from ..image.manifest import console_objects
 
 MARKER = "BAKERY-NODE"
 FORMAT_VERSION = 1
@@ -86,20 +87,12 @@ def _optional(value: object, kind: type):
 
 def reports_in(text: str) -> Iterable[NodeReport]:
     """Every well-formed report in console text, in order. The marker may follow a prefix
-    (journald's `[  12.3] bakery-reporter[42]: ` on the console); what follows the JSON
-    object is ignored; anything that does not parse is skipped."""
-    decoder = json.JSONDecoder()
-    for line in text.replace("\r", "\n").split("\n"):
-        start = line.find(MARKER + " {")
-        while start != -1:
-            try:
-                data, _ = decoder.raw_decode(line, start + len(MARKER) + 1)
-            except ValueError:
-                data = None
-            report = NodeReport.from_json(data)
-            if report is not None:
-                yield report
-            start = line.find(MARKER + " {", start + 1)
+    (journald's `[  12.3] bakery-reporter[42]: `, a getty prompt) and be followed by other
+    output; a line that holds no whole object of a format this version reads is skipped."""
+    for data in console_objects(text, MARKER + " "):
+        report = NodeReport.from_json(data)
+        if report is not None:
+            yield report
 
 
 def last_reports(text: str) -> dict[str, NodeReport]:
