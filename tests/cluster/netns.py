@@ -6,6 +6,7 @@ namespaces, so the test addresses exist only there and deleting the namespaces r
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
