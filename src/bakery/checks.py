@@ -104,6 +104,23 @@ def parse_envfile(text: str) -> dict[str, str]:
     return values
 
 
+def check_exporters_env(text: str, context: dict) -> None:
+    """The exporters listen where the bundle says and read the password from its file."""
+    what = f"exporters.env of {context['node'].name}"
+    values = parse_envfile(text)
+    exporters = context["exporters"]
+    for key, port in (
+        ("NODE_EXPORTER_LISTEN", exporters.node_port),
+        ("POSTGRES_EXPORTER_LISTEN", exporters.postgres_port),
+    ):
+        _expect(what, values.get(key), f"{exporters.listen}:{port}", key)
+    _expect(
+        what, values.get("DATA_SOURCE_PASS_FILE"), exporters.password_file, "DATA_SOURCE_PASS_FILE"
+    )
+    if "DATA_SOURCE_PASS" in values or "DATA_SOURCE_NAME" in values:
+        raise _fail(what, "a password or a DSN appears in it (the password has its own file)")
+
+
 def check_ini(text: str, context: dict) -> None:
     what = f"pgbackrest.conf of {context['node'].name}"
     parser = configparser.ConfigParser(interpolation=None, strict=True)
@@ -128,6 +145,9 @@ def check_nebula(text: str, context: dict) -> None:
         "lighthouse.hosts",
     )
     _expect(what, data.get("tun", {}).get("dev"), "nebula1", "tun.dev")
+    inbound = data.get("firewall", {}).get("inbound") or []
+    scoped = [rule for rule in inbound if "cidr" in rule]
+    _expect(what, scoped, context["monitoring_rules"], "firewall.inbound rules with a cidr")
 
 
 def load_hcl(text: str) -> dict:

@@ -1,6 +1,6 @@
 """Secrets: generated on first use, stored 0600 in the state directory, never printed.
 
-Passwords bakery owns (superuser, replication, rewind, REST API, admin) come from
+Passwords bakery owns (superuser, replication, rewind, REST API, admin, monitor) come from
 BAKERY_<NAME>_PASSWORD when set, else from `<state_dir>/secrets/<name>`, created on first use.
 Secrets the user owns (Consul gossip key, ACL token, S3 keys) come from the environment variable
 or file the config names. A Secret's repr never shows its value, so it cannot leak into a log
@@ -22,7 +22,7 @@ from .config import SecretSource
 from .errors import BakeryError
 from .files import write_private
 
-PASSWORD_NAMES = ("superuser", "replication", "rewind", "restapi", "admin")
+PASSWORD_NAMES = ("superuser", "replication", "rewind", "restapi", "admin", "monitor")
 PASSWORD_LENGTH = 40
 
 
