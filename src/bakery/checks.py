@@ -82,7 +82,8 @@ def check_envfile(text: str, context: dict) -> None:
 
 
 def parse_envfile(text: str) -> dict[str, str]:
-    """Parse KEY="value" lines as systemd does for the values bakery writes."""
+    """Parse KEY="value" lines as systemd does for the values bakery writes (and KEY='value',
+    as Debian's /etc/default files have them)."""
     values = {}
     # systemd splits on "\n" only; str.splitlines would also split on U+0085, U+2028, ...
     for line in text.split("\n"):
@@ -99,6 +100,8 @@ def parse_envfile(text: str) -> dict[str, str]:
                 out.append(body[i])
                 i += 1
             values[key] = "".join(out)
+        elif raw.startswith("'") and raw.endswith("'") and len(raw) >= 2:
+            values[key] = raw[1:-1]  # single quotes: literal (Debian's /etc/default files)
         else:
             values[key] = raw
     return values

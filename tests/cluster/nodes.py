@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import exporters
 from bundle import NodeBundle, parse_envfile, place
 from netns import Host
 from processes import Started, Supervisor, alive, minimal_env
@@ -40,6 +41,7 @@ NODE_DIRS = [
     ("/var/spool/pgbackrest", "postgres", 0o750),
     ("/run/postgresql", "postgres", 0o2775),
     ("/tmp", "root", 0o1777),
+    ("/etc/bakery/monitoring", "root", 0o755),
 ]
 # What is bind-mounted from the node root (a subdirectory of one of these is carried along).
 MOUNTS = [
@@ -52,6 +54,7 @@ MOUNTS = [
     "/var/spool/pgbackrest",
     "/run/postgresql",
     "/tmp",
+    "/etc/bakery/monitoring",
 ]
 
 
@@ -93,12 +96,15 @@ class Node:
             uid, gid = (pg.pw_uid, pg.pw_gid) if owner == "postgres" else (0, 0)
             os.chown(d, uid, gid)
             os.chmod(d, mode)
-        # The harness starts what runcmd starts, in its order; it knows nebula and patroni.
+        # The harness starts what runcmd starts, in its order; it knows nebula and patroni,
+        # and the metrics services (exporters.py) when the bundle has them.
         runcmd = self.bundle.runcmd()
-        wanted = service_commands(["nebula.service", "patroni.service"])
-        if runcmd != wanted:
+        known = ["nebula.service", "patroni.service"]
+        wanted = [service_commands(known), service_commands([*known, *exporters.SERVICES])]
+        if runcmd not in wanted:
             raise RuntimeError(
-                f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then patroni)"
+                f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then "
+                "patroni, then the metrics services)"
             )
         placed = place(self.bundle, self.root)
         unmounted = [p for p in placed if not any(p.startswith(m + "/") for m in MOUNTS)]
@@ -197,10 +203,15 @@ class Node:
         self.services["patroni"] = self.sup.start(f"{self.name}-patroni", argv, env=env)
         return self.services["patroni"]
 
+    def start_exporters(self) -> None:
+        """The scrape guard and the exporters, when the bundle enables them."""
+        self.services |= exporters.start(self)
+
     def start(self) -> None:
         self.start_nebula()
         self.wait_overlay()
         self.start_patroni()
+        self.start_exporters()
 
     def running(self) -> bool:
         """Both services up: nebula, and patroni (which keeps PostgreSQL running)."""
