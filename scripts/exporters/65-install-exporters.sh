@@ -21,6 +21,14 @@ install-if-changed "$files/bakery-job-metrics" /usr/local/sbin/bakery-job-metric
 # bakery's jobs write their status here (group postgres); node_exporter reads the metrics dir.
 install -d -o root -g postgres -m 0775 /var/lib/bakery/status
 install -d -o root -g root -m 0755 /var/lib/bakery/metrics
+# Debian also ships SysV scripts for them: with those, `systemctl enable` at first boot runs
+# update-rc.d (seconds each under emulation). Only the native units run these services.
+for name in prometheus-node-exporter prometheus-postgres-exporter; do
+    if [ -e "/etc/init.d/$name" ]; then
+        update-rc.d -f "$name" remove
+        rm -f "/etc/init.d/$name"
+    fi
+done
 # Debian enables the exporters on installation: off until the bundle says otherwise.
 for unit in prometheus-node-exporter.service prometheus-postgres-exporter.service \
             bakery-scrape-guard.service bakery-job-metrics.path; do

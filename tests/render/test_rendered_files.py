@@ -158,7 +158,11 @@ def test_certificates_verify_with_names_and_usages(rendered):
         cert = load_cert(node_file(out, node, "/etc/patroni/tls/node.pem"))
         cert.verify_directly_issued_by(ca)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert san.get_values_for_type(x509.DNSName) == [node["name"]]
+        consul_names = []
+        if "bakery-consul-dns.service" in node["services"]:  # what clients may connect to
+            service = "patroni42.service.consul"
+            consul_names = [service, f"primary.{service}", f"replica.{service}"]
+        assert san.get_values_for_type(x509.DNSName) == [node["name"], *consul_names]
         wanted = {a for a in (node["private_address"], node["overlay_address"]) if a}
         assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == wanted
         eku = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)

@@ -171,7 +171,8 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
     cluster = settings.cluster
     paths = NodePaths(cluster.postgresql.major)
     node_dir = settings.state_dir / "nodes" / node.name
-    spec = pki.LeafSpec(node.name, (node.name,), tuple(node.addresses), settings.pki.cert_days)
+    names = (node.name, *consul_dns.certificate_names(settings))
+    spec = pki.LeafSpec(node.name, names, tuple(node.addresses), settings.pki.cert_days)
     tls = pki.issue_cached(node_dir, "node", material.ca, spec)
     context = _context(settings, material, node, paths)
     text = {

@@ -35,6 +35,15 @@ def enabled(settings: Settings) -> bool:
     return dcs.type == "consul" and dcs.consul is not None and dcs.consul.dns_forwarding
 
 
+def certificate_names(settings: Settings) -> tuple[str, ...]:
+    """The Consul names a member answers to, for its certificate: clients connecting to
+    `primary.<scope>.service.consul` can verify the name (`sslmode=verify-full`)."""
+    if not enabled(settings):
+        return ()
+    service = f"{settings.cluster.scope}.service.consul"
+    return (service, f"primary.{service}", f"replica.{service}")
+
+
 def files(env, context) -> list[tuple[str, str, str, str]]:
     """(path, content, owner, mode) of the forwarding's files."""
     conf = render(env, "consul-dns.conf.j2", **context, consul_dns_port=CONSUL_DNS_PORT)
