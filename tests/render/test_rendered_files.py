@@ -97,8 +97,15 @@ def test_user_data_only_writes_files_and_starts_services(rendered):
             "runcmd",
         }
         assert data["package_update"] is False and data["package_upgrade"] is False
+        # With the Consul DNS forwarding, systemd-resolved lets go of 127.0.0.53 in between.
+        restart = (
+            [["systemctl", "restart", "systemd-resolved.service"]]
+            if "bakery-consul-dns.service" in node["services"]
+            else []
+        )
         assert data["runcmd"] == [
             ["systemctl", "--no-reload", "enable", *node["services"]],
+            *restart,
             ["systemctl", "start", *node["services"]],
         ]
         for entry in data["write_files"]:
