@@ -4,8 +4,9 @@ if [ "${BAKERY_DEBUG_TRACE:-0}" -gt 0 ]; then set -x; fi
 set -eu -o pipefail
 
 files=$(dirname "$0")/files
-# nftables: bakery-scrape-guard.service loads the bundle's ruleset with it.
-install-packages nftables
+# One apt run for all three (nftables: bakery-scrape-guard.service loads the bundle's ruleset
+# with it); then the pinned versions are checked.
+install-packages nftables prometheus-node-exporter prometheus-postgres-exporter
 install-pinned prometheus-node-exporter "$BAKERY_NODE_EXPORTER_VERSION"
 install-pinned prometheus-postgres-exporter "$BAKERY_POSTGRES_EXPORTER_VERSION"
 # Drop-ins for Debian's units: the bundle's listen address and login, after the scrape guard.
