@@ -273,6 +273,27 @@ SCENARIOS = [
         },
         expected={"BakeryBackupTooOld": [{"scope": SCOPE}]},
     ),
+    Scenario(
+        "the primary's backups stopped while a replica records its skipped runs",
+        "27h",
+        steps=60,
+        step="30m",
+        step_seconds=1800,
+        changes={
+            key(
+                "bakery_job_last_run_timestamp_seconds",
+                {**exporter("node", "a"), "bakery_job": "backup"},
+            ): "0x60"
+        },
+        extra={
+            key("bakery_job_ok", {**exporter("node", "b"), "bakery_job": "backup"}): "1x60",
+            key(
+                "bakery_job_last_run_timestamp_seconds",
+                {**exporter("node", "b"), "bakery_job": "backup"},
+            ): "0+1800x60",
+        },
+        expected={"BakeryBackupTooOld": [{"scope": SCOPE}]},
+    ),
 ]
 
 
