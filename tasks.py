@@ -84,19 +84,25 @@ def _settings(c):
 def render(c, az, out="out/render"):
     """Render every node's bundle and user-data, without any cloud access."""
     with _reported(c):
-        from bakery.node.render import check_output, render_cluster, write_bundles
+        from bakery.node.render import (
+            check_output,
+            prometheus_files,
+            render_cluster,
+            write_bundles,
+        )
 
         settings = _settings(c)
         check_output(Path(out))
         bundles = render_cluster(settings, az)
-        write_bundles(bundles, Path(out), settings.cluster.scope)
+        extra = prometheus_files(settings, bundles)
+        write_bundles(bundles, Path(out), settings.cluster.scope, extra)
         for bundle in bundles:
             print(
                 f"{bundle.node.name}: {len(bundle.files)} files, services "
                 f"{', '.join(bundle.services)}, user-data {bundle.user_data_base64_size} "
                 "bytes in base64"
             )
-        print(f"rendered {len(bundles)} node(s) into {out}")
+        print(f"rendered {len(bundles)} node(s) into {out} (Prometheus targets: {out}/prometheus)")
         if settings.cluster.restore is not None:
             from bakery.node.backup import describe_restore
 
