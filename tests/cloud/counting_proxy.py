@@ -134,9 +134,7 @@ class CountingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP
-                }
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 headers["Host"] = f"{HOST}:{upstream_port}"
                 upstream = http.client.HTTPConnection(HOST, upstream_port, timeout=300)
                 try:
