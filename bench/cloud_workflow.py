@@ -83,8 +83,12 @@ class Bench:
         self.env["PYTHONWARNINGS"] = "ignore"
         for sub in ("config", "hanging", "long"):
             (tmp / sub).mkdir()
-        self.config = cluster_config(tmp / "config", **{"image.keep_released": 3})
-        self.hanging = cluster_config(tmp / "hanging", **{"image.base_image": {"name": HANG_BASE}})
+        # A guest that never powers off by mistake fails its round after 5 minutes.
+        quick = {"image.build_timeout": 300}
+        self.config = cluster_config(tmp / "config", **quick, **{"image.keep_released": 3})
+        self.hanging = cluster_config(
+            tmp / "hanging", **quick, **{"image.base_image": {"name": HANG_BASE}}
+        )
         self.walls: dict[str, list[float]] = {row: [] for row in ROWS}
         self.counts: dict[str, list[int]] = {row: [] for row in ROWS}
 
