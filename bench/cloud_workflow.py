@@ -140,6 +140,9 @@ class Bench:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # A shell without job control starts background commands with SIGINT ignored,
+            # and a child inherits that: the bake must see the Ctrl-C it is sent.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             while not all(list(conn.compute.servers()) for conn in conns):
@@ -207,7 +210,9 @@ def main() -> None:
     try:
         for conn in conns:
             remove_leftovers(conn, (HANG_BASE,))
-            hang = upload_base_image(conn, HANG_BASE, bakery_test_mode="hang")
+            # Not labelled debian 12: the rounds that find their base by SCS properties must
+            # never take it.
+            hang = upload_base_image(conn, HANG_BASE, bakery_test_mode="hang", os_distro="none")
             wait_for_image(conn, hang.id)
         with tempfile.TemporaryDirectory() as tmp, CountingProxy() as proxy:
             bench = Bench(cloud, proxy, Path(tmp))

@@ -181,6 +181,9 @@ def _bake_until_building(cloud, envs, config: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # SIGINT may be ignored by whoever started the tests (a shell's background job): the
+        # bake must see the Ctrl-C the test sends.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not all(list(conn.compute.servers()) for conn in envs.values()):
