@@ -37,14 +37,14 @@ def test_pauses_start_short_and_grow_to_their_cap():
     assert [next(pauses) for _ in range(5)] == [0.5, 1.0, 2.0, 3, 3]
 
 
-def test_the_last_poll_is_at_the_deadline_not_a_whole_pause_later():
-    polls = []
+def test_the_first_poll_waits_its_pause_and_the_last_is_at_the_deadline():
+    started, polls = time.monotonic(), []
     with pytest.raises(CloudError):
         wait_for("x", lambda: polls.append(time.monotonic()), 0.3, threading.Event(), Backoff(10))
-    assert len(polls) == 2 and polls[1] - polls[0] < 5
+    assert len(polls) == 1 and 0.25 < polls[0] - started < 5
 
 
 def test_a_ten_minute_build_costs_far_fewer_polls_than_a_fixed_interval_would():
     # The bound: about 120 requests of console/status polling for 10 minutes.
-    assert BUILD_BACKOFF.polls_within(600) <= 70
-    assert BUILD_BACKOFF.polls_within(3) >= 4  # a change within seconds is seen within seconds
+    assert BUILD_BACKOFF.polls_within(600) <= 65
+    assert BUILD_BACKOFF.polls_within(3) == 2  # a change within seconds is seen within seconds
