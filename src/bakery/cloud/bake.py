@@ -42,6 +42,7 @@ from ..image.definition import LoadedDefinition, load_definition
 from ..image.manifest import last_result, manifest_problems
 from .api import (
     BUILD_BACKOFF,
+    COMPUTE_MICROVERSION,
     TAG,
     Cancelled,
     CloudError,
@@ -416,8 +417,6 @@ class _Bake:
             )
 
     def _snapshot(self, target: Target, server_id: str):
-        from openstack.compute.v2.server import Server
-
         conn, build_id = target.conn, self.build_id
         where = f"environment {target.label}"
         self.on_failure[target.label].push(
@@ -428,7 +427,7 @@ class _Bake:
             metadata = image_properties(
                 self.settings, self.loaded, build_id, self.inputs_hash, target, self.started
             )
-            image_id = Server(id=server_id).create_image(conn.compute, build_id, metadata)
+            image_id = _create_image(conn, server_id, build_id, metadata)
             # Tagged at once, so that `rebuild` finds it should it ever be left behind; the
             # answer is the image's first look at its status too.
             image = conn.image.update_image(image_id, tags=[TAG])
@@ -489,6 +488,20 @@ def _check_result(loaded: LoadedDefinition, build_id: str, console: str, where: 
         )
     if problems := manifest_problems(loaded, build_id, result.get("manifest")):
         raise CloudError(f"{where}: the image's manifest does not match: " + "; ".join(problems))
+
+
+def _create_image(conn, server_id: str, name: str, metadata: dict[str, str]) -> str:
+    """Nova's createImage; the image's ID comes in the answer (microversion 2.45 and later:
+    openstacksdk would first ask Nova which microversions it has)."""
+    import openstack.exceptions
+
+    response = conn.compute.post(
+        f"/servers/{server_id}/action",
+        json={"createImage": {"name": name, "metadata": metadata}},
+        microversion=COMPUTE_MICROVERSION,
+    )
+    openstack.exceptions.raise_from_response(response)
+    return response.json()["image_id"]
 
 
 def _watch_image(conn, image_id: str, where: str):
