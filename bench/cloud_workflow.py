@@ -183,16 +183,6 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _cloud_tier(stack: Stack, info: dict) -> CloudTier:
-    return CloudTier(
-        clouds_yaml=Path(info["clouds_yaml"]),
-        clouds=tuple(info["clouds"]),
-        admin_clouds_yaml=Path(info["admin_clouds_yaml"]),
-        admin_cloud=info["admin_cloud"],
-        info=info,
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -203,7 +193,7 @@ def main() -> None:
     stack = Stack()
     started = not stack.supervisor.recorded()
     info = stack.up() if started else stack.info()
-    cloud = _cloud_tier(stack, info)
+    cloud = CloudTier.of(info)
     conns = [cloud.connect(name) for name in cloud.clouds]
     load = os.getloadavg()[0]
     long_requests: list[Request] = []

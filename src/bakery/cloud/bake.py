@@ -11,10 +11,12 @@ Order of work, so that bad input changes nothing and nothing leaks:
    problems reported together, before anything is created;
 2. the environments build in parallel; a resource is registered for removal before the call
    that creates it, and found again by its unique name, so even a create call that fails
-   half-way leaves nothing behind;
-3. an image is released (`bakery_status=released`) only when every environment has built and
-   verified its own: a bake lands everywhere or nowhere. On failure, Ctrl-C or SIGTERM the
-   builder VMs and this bake's images are deleted; builder VMs always are.
+   half-way leaves nothing behind; the builder's port comes first and is tagged, so that what
+   a bake killed outright leaves is found by tag (`rebuild` reports it);
+3. an image is released (`bakery_status=released`, with `min_disk` and `min_ram`) only when
+   every environment has built and verified its own: a bake lands everywhere or nowhere. On
+   failure, Ctrl-C or SIGTERM the builder VMs, their ports and this bake's images are deleted,
+   the environments in parallel; builder VMs and ports always are.
 """
 
 from __future__ import annotations
@@ -97,12 +99,9 @@ class BakeResult:
     images: list[BakedImage]
 
 
-BUILDER_PREFIX = "bakery-builder-"
-
-
 def builder_name(build_id: str) -> str:
     """The builder server's and its port's name."""
-    return f"{BUILDER_PREFIX}{build_id}"
+    return f"bakery-builder-{build_id}"
 
 
 def new_build_id(loaded: LoadedDefinition) -> str:
