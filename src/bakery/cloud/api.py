@@ -133,6 +133,22 @@ def _use_proxy(conn, service: str, proxy_class, url: str, microversion: str | No
     conn._proxies[service] = proxy
 
 
+def in_parallel(labels: list[str], work: Callable[[str], T]) -> list[T | BakeryError]:
+    """`work(label)` for every environment at once (each talks to its own cloud: its waits
+    overlap), in the order of `labels`; a BakeryError is returned in its place, so that every
+    problem can be reported together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(label: str) -> T | BakeryError:
+        try:
+            return work(label)
+        except BakeryError as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=max(1, len(labels))) as pool:
+        return list(pool.map(attempt, labels))
+
+
 @contextlib.contextmanager
 def cloud_errors(where: str) -> Iterator[None]:
     """Turn openstacksdk's and keystoneauth's exceptions into a CloudError naming `where`."""

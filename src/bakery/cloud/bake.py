@@ -57,6 +57,7 @@ from .api import (
     delete_servers_named,
     flavor_named,
     image_property,
+    in_parallel,
     network_named,
     security_groups_named,
     server_in,
@@ -172,20 +173,17 @@ def _preflight(
         arch: builder_user_data(loaded, build_id, arch, settings.template_overrides)
         for arch in loaded.definition.base.architectures
     }
-    targets, problems = [], []
-    for label in labels:
-        try:
-            target = _resolve(settings, loaded, label, seen.get(label))
-            target.user_data = user_data[target.arch]  # _resolve checked the architecture
-            targets.append(target)
-            log(
-                f"{label}: base image {target.base_image.name!r} ({target.base_image.id}), "
-                f"flavor {target.flavor.name}, network {target.network.name}, {target.arch}"
-            )
-        except BakeryError as error:
-            problems.append(str(error))
+    resolved = in_parallel(labels, lambda label: _resolve(settings, loaded, label, seen.get(label)))
+    problems = [str(r) for r in resolved if isinstance(r, BakeryError)]
     if problems:
         raise PreflightError(problems)
+    targets = [r for r in resolved if isinstance(r, Target)]
+    for target in targets:
+        target.user_data = user_data[target.arch]  # _resolve checked the architecture
+        log(
+            f"{target.label}: base image {target.base_image.name!r} ({target.base_image.id}), "
+            f"flavor {target.flavor.name}, network {target.network.name}, {target.arch}"
+        )
     return targets
 
 

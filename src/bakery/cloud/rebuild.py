@@ -23,7 +23,7 @@ from ..config import Settings
 from ..errors import BakeryError
 from ..image.definition import LoadedDefinition, load_definition
 from . import bake as cloudbake
-from .api import TAG, all_images, cloud_errors, connect, delete_servers
+from .api import TAG, all_images, cloud_errors, connect, delete_servers, in_parallel
 from .generations import (
     BuilderPort,
     builder_ports,
@@ -84,12 +84,19 @@ class _Environment(cloudbake.Seen):
 
 
 def _read(settings: Settings) -> dict[str, _Environment]:
-    seen = {}
-    for label, env in settings.environments.items():
-        conn = connect(label, env)
+    """Every environment at once: one authentication, its images and its builder ports."""
+
+    def read(label: str) -> _Environment:
+        conn = connect(label, settings.environments[label])
         with cloud_errors(f"environment {label}"):
             ports = conn.network.ports(tags=TAG)
-            seen[label] = _Environment(conn, all_images(conn), builder_ports(ports))
+            return _Environment(conn, all_images(conn), builder_ports(ports))
+
+    labels = list(settings.environments)
+    seen = dict(zip(labels, in_parallel(labels, read), strict=True))
+    errors = [env for env in seen.values() if isinstance(env, BakeryError)]
+    if errors:
+        raise errors[0]
     return seen
 
 
