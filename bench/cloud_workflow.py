@@ -161,7 +161,7 @@ class Bench:
         left = [s.name for conn in conns for s in conn.compute.servers()]
         left += [p.name for c in conns for p in c.network.ports() if "bakery" in (p.tags or [])]
         if left:
-            raise SystemExit(f"Ctrl-C left behind: {left}")
+            raise SystemExit(f"Ctrl-C left behind: {left}; the bake said:\n{output}")
         self.record(ROWS[4], took, self.proxy.take())
 
     def long_build(self, seconds: int) -> list[Request]:

@@ -315,6 +315,23 @@ def delete_servers(conn, server_ids: list[str], timeout: float = 300) -> None:
         )
 
 
+def delete_port(conn, port_id: str, timeout: float = 300) -> None:
+    """Delete a port that a deleted server used. A server interrupted while it was still being
+    built may be gone from the API while its host binds the port one last time: Neutron then
+    refuses (409, or 403 for a bound port) until Nova has let go of it."""
+    import openstack.exceptions
+
+    def deleted() -> bool | None:
+        try:
+            conn.network.delete_port(port_id, ignore_missing=True)
+        except (openstack.exceptions.ConflictException, openstack.exceptions.ForbiddenException):
+            return None
+        return True
+
+    if not deleted():
+        wait_for(f"port {port_id} to be released", deleted, timeout, threading.Event())
+
+
 def delete_servers_named(conn, name: str, timeout: float = 300) -> None:
     """Delete every server of exactly this name (for a create call whose answer may never
     have arrived) and wait until they are gone."""

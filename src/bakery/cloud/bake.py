@@ -53,6 +53,7 @@ from .api import (
     check_compute_az,
     cloud_errors,
     connect,
+    delete_port,
     delete_servers,
     delete_servers_named,
     flavor_named,
@@ -458,7 +459,7 @@ class _Builder:
         # The port is free once the server is gone (Neutron refuses to delete a bound one).
         ports = [self.port] if self.port is not None else self.conn.network.ports(name=self.name)
         for port in ports:
-            self.conn.network.delete_port(port, ignore_missing=True)
+            delete_port(self.conn, port.id)
         self.removed = True
 
 
