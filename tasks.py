@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -215,8 +216,15 @@ def rebuild(c, force=False, dry_run=False):
                 print(f"{label}: {'would delete' if dry_run else 'deleted'} {', '.join(names)}")
 
 
+_PROGRESS = threading.Lock()
+
+
 def _progress(line: str) -> None:
-    print(f"bakery: {line}", flush=True)
+    """One whole line at a time: environments that work in parallel log from their own
+    threads, and print() writes a line and its newline separately."""
+    with _PROGRESS:
+        sys.stdout.write(f"bakery: {line}\n")
+        sys.stdout.flush()
 
 
 ns = Collection(render, ca, check, bake, launch, rebuild)

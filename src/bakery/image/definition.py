@@ -129,6 +129,9 @@ class ImageDefinition(Model):
     base: Base
     components: Components
     extra_packages: list[DebPackage] = []
+    # MiB a VM of this image needs to boot and run (the image's min_ram in the cloud, as
+    # SCS-0102 demands); unset: the RAM of the flavor the builder ran on.
+    min_ram: Annotated[int, Field(ge=64, le=4 * 1024 * 1024)] | None = None
 
 
 @dataclass(frozen=True)
