@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,19 +85,25 @@ def _settings(c):
 def render(c, az, out="out/render"):
     """Render every node's bundle and user-data, without any cloud access."""
     with _reported(c):
-        from bakery.node.render import check_output, render_cluster, write_bundles
+        from bakery.node.render import (
+            check_output,
+            prometheus_files,
+            render_cluster,
+            write_bundles,
+        )
 
         settings = _settings(c)
         check_output(Path(out))
         bundles = render_cluster(settings, az)
-        write_bundles(bundles, Path(out), settings.cluster.scope)
+        extra = prometheus_files(settings, bundles)
+        write_bundles(bundles, Path(out), settings.cluster.scope, extra)
         for bundle in bundles:
             print(
                 f"{bundle.node.name}: {len(bundle.files)} files, services "
                 f"{', '.join(bundle.services)}, user-data {bundle.user_data_base64_size} "
                 "bytes in base64"
             )
-        print(f"rendered {len(bundles)} node(s) into {out}")
+        print(f"rendered {len(bundles)} node(s) into {out} (Prometheus targets: {out}/prometheus)")
         if settings.cluster.restore is not None:
             from bakery.node.backup import describe_restore
 
@@ -370,8 +377,15 @@ def _destroy_local(c):
     print(f"destroyed {run}" if run else "no local cluster of this config: nothing to destroy")
 
 
+_PROGRESS = threading.Lock()
+
+
 def _progress(line: str) -> None:
-    print(f"bakery: {line}", flush=True)
+    """One whole line at a time: environments that work in parallel log from their own
+    threads, and print() writes a line and its newline separately."""
+    with _PROGRESS:
+        sys.stdout.write(f"bakery: {line}\n")
+        sys.stdout.flush()
 
 
 def _progress_display():

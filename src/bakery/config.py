@@ -135,6 +135,11 @@ class Consul(Model):
     ca_cert: Path | None = None
     ca_key: Path | None = None
     http_port: PortNumber = 8500
+    # dnsmasq on the node forwards `.consul` names to the local agent (docs/monitoring.md).
+    dns_forwarding: bool = True
+    # The token the agent answers DNS queries with (service, node and query read); without
+    # it, the anonymous token must allow those reads for DNS to answer.
+    dns_token: SecretSource | None = None
 
 
 class Etcd3(Model):
@@ -344,6 +349,18 @@ class Overlay(Model):
     groups: list[Label] = ["postgres"]
 
 
+class Monitoring(Model):
+    """Metrics exporters on every node, and who may scrape them."""
+
+    # node_exporter and postgres_exporter (Debian packages in the image), started at first boot.
+    exporters: bool = True
+    # The address the exporters listen on: the overlay's (the default when there is one) or
+    # the private network's.
+    listen: Literal["overlay", "private"] | None = None
+    # Where Prometheus scrapes from; default: cluster.postgresql.allowed_networks.
+    networks: list[IPv4Net] | None = None
+
+
 class Lifecycle(Model):
     """Watching and changing a running cluster: launch waits, status, roll, replace, destroy.
     Nodes are read through their console (BAKERY-NODE lines, docs/node-report.md)."""
@@ -394,6 +411,7 @@ class Settings(Model):
     cluster: Cluster
     pki: Pki
     overlay: Overlay = Overlay()
+    monitoring: Monitoring = Monitoring()
     lifecycle: Lifecycle = Lifecycle()
     local: LocalTarget = LocalTarget()
 
@@ -436,7 +454,7 @@ def _untagged(error: Any) -> Any:
 
 
 # Fields that carry a secret source: a secret written inline by mistake is never echoed.
-_SECRET_FIELDS = {"gossip_key", "acl_token", "key", "key_secret", "cipher_pass"}
+_SECRET_FIELDS = {"gossip_key", "acl_token", "dns_token", "key", "key_secret", "cipher_pass"}
 
 
 def topology_problems(settings: Settings) -> list[Problem]:
@@ -460,6 +478,7 @@ def topology_problems(settings: Settings) -> list[Problem]:
     problems += _overlay_problems(settings)
     problems += _name_problems(settings)
     problems += _backup_problems(settings)
+    problems += _monitoring_problems(settings)
     return problems
 
 
@@ -527,6 +546,10 @@ def _dcs_problems(settings: Settings) -> list[Problem]:
     if dcs.type == "consul" and dcs.consul is None:
         problems.append(
             Problem(f"{where}.consul", "required when type is 'consul' (at least datacenter)")
+        )
+    if dcs.consul is not None and dcs.consul.dns_token and not dcs.consul.acl_token:
+        problems.append(
+            Problem(f"{where}.consul.dns_token", "set, but acl_token is not: ACLs are off")
         )
     return problems
 
@@ -687,3 +710,22 @@ def config_warnings(settings: Settings) -> list[Problem]:
             )
         )
     return warnings
+
+
+def _monitoring_problems(settings: Settings) -> list[Problem]:
+    monitoring = settings.monitoring
+    if monitoring.listen == "overlay" and settings.overlay.type == "none":
+        return [
+            Problem(
+                "bakery.monitoring.listen",
+                "'overlay', but overlay.type is 'none': use 'private' (or leave it unset)",
+            )
+        ]
+    if monitoring.exporters and monitoring.networks == []:
+        return [
+            Problem(
+                "bakery.monitoring.networks",
+                "empty: nobody could scrape; set monitoring.exporters: false instead",
+            )
+        ]
+    return []

@@ -1,6 +1,6 @@
 """Secrets: generated on first use, stored 0600 in the state directory, never printed.
 
-Passwords bakery owns (superuser, replication, rewind, REST API, admin; the pgBackRest
+Passwords bakery owns (superuser, replication, rewind, REST API, admin, monitor; the pgBackRest
 repository passphrase when encryption is on) come from
 BAKERY_<NAME>_PASSWORD when set, else from `<state_dir>/secrets/<name>`, created on first use.
 Secrets the user owns (Consul gossip key, ACL token, S3 keys) come from the environment variable
@@ -23,7 +23,7 @@ from .config import SecretSource
 from .errors import BakeryError
 from .files import write_private
 
-PASSWORD_NAMES = ("superuser", "replication", "rewind", "restapi", "admin")
+PASSWORD_NAMES = ("superuser", "replication", "rewind", "restapi", "admin", "monitor")
 # Generated like the passwords, but only when the configuration asks for them.
 OPTIONAL_NAMES = ("repo_cipher",)  # pgBackRest's repository passphrase (pgbackrest.encryption)
 PASSWORD_LENGTH = 40

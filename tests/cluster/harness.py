@@ -190,6 +190,8 @@ class Cluster:
         for node in self.nodes.values():
             node.start_patroni()
             node.start_reporter()
+        for node in self.nodes.values():
+            node.start_exporters()
         self.times["leader"] = self.wait_leader(60)[1] - t0
         self.times["streaming"] = self.wait_streaming(120)[1] - t0
 

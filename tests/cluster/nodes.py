@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import exporters
 from bundle import REPO, NodeBundle, parse_envfile, place
 from netns import Host
 from processes import Started, Supervisor, alive, minimal_env
@@ -50,6 +51,7 @@ NODE_DIRS = [
     ("/usr/lib/bakery/pgbackrest", "root", 0o755),
     ("/var/lib/bakery/status", "root:postgres", 0o775),
     ("/etc/systemd/system", "root", 0o755),
+    ("/etc/bakery/monitoring", "root", 0o755),
 ]
 # What is bind-mounted from the node root (a subdirectory of one of these is carried along).
 MOUNTS = [
@@ -135,14 +137,17 @@ class Node:
         lines = [Path("/etc/hosts").read_text().rstrip("\n")]
         lines += [f"{address} {name}" for name, address in self.hosts.items()]
         self.file("/etc/hosts").write_text("\n".join(lines) + "\n")
-        # The harness starts what runcmd starts, in its order; it knows nebula and patroni. The
-        # backup timers' jobs are run by the tests, as their units say (backup_jobs.py).
+        # The harness starts what runcmd starts, in its order; it knows nebula and patroni,
+        # and the metrics services (exporters.py) when the bundle has them. The backup timers'
+        # jobs are run by the tests, as their units say (backup_jobs.py).
         runcmd = self.bundle.runcmd()
         timers = [u for u in (runcmd[0] if runcmd else []) if u.endswith(".timer")]
-        wanted = service_commands(["nebula.service", "patroni.service", *timers])
-        if runcmd != wanted:
+        known = ["nebula.service", "patroni.service", *timers]
+        wanted = [service_commands(known), service_commands([*known, *exporters.SERVICES])]
+        if runcmd not in wanted:
             raise RuntimeError(
-                f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then patroni)"
+                f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then "
+                "patroni, then the metrics services)"
             )
         placed = place(self.bundle, self.root)
         unmounted = [p for p in placed if not any(p.startswith(m + "/") for m in MOUNTS)]
@@ -286,10 +291,15 @@ class Node:
         log = self.sup.log_dir / f"{self.name}-reporter.log"
         return log.read_text(errors="replace") if log.exists() else ""
 
+    def start_exporters(self) -> None:
+        """The scrape guard and the exporters, when the bundle enables them."""
+        self.services |= exporters.start(self)
+
     def start(self) -> None:
         self.start_nebula()
         self.wait_overlay()
         self.start_patroni()
+        self.start_exporters()
         self.start_reporter()
 
     def running(self) -> bool:

@@ -102,8 +102,15 @@ def test_user_data_only_writes_files_and_starts_services(rendered):
             "runcmd",
         }
         assert data["package_update"] is False and data["package_upgrade"] is False
+        # With the Consul DNS forwarding, systemd-resolved lets go of 127.0.0.53 in between.
+        restart = (
+            [["systemctl", "restart", "systemd-resolved.service"]]
+            if "bakery-consul-dns.service" in node["services"]
+            else []
+        )
         assert data["runcmd"] == [
             ["systemctl", "--no-reload", "enable", *node["services"]],
+            *restart,
             ["systemctl", "start", *node["services"]],
         ]
         for entry in data["write_files"]:
@@ -163,7 +170,11 @@ def test_certificates_verify_with_names_and_usages(rendered):
         cert = load_cert(node_file(out, node, "/etc/patroni/tls/node.pem"))
         cert.verify_directly_issued_by(ca)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert san.get_values_for_type(x509.DNSName) == [node["name"]]
+        consul_names = []
+        if "bakery-consul-dns.service" in node["services"]:  # what clients may connect to
+            service = "patroni42.service.consul"
+            consul_names = [service, f"primary.{service}", f"replica.{service}"]
+        assert san.get_values_for_type(x509.DNSName) == [node["name"], *consul_names]
         wanted = {a for a in (node["private_address"], node["overlay_address"]) if a}
         assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == wanted
         eku = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)

@@ -152,6 +152,8 @@ class FakeConn:
             name=name,
             created_at=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
             min_disk=5,
+            min_ram=0,
+            owner=self.current_project_id,
             properties={},
             bakery_status=status,
             bakery_build_id=build_id,
@@ -175,6 +177,10 @@ class _Compute:
         return found
 
     def get_server(self, server_id: str):
+        import openstack.exceptions
+
+        if server_id not in self.conn.servers:
+            raise openstack.exceptions.NotFoundException(f"no server {server_id}")
         return self.conn.servers[server_id]
 
     def create_server(self, name, image_id, flavor_id, networks, user_data, metadata, tags, **kw):
@@ -230,6 +236,10 @@ class _Compute:
 
     def delete_server(self, server, ignore_missing=True):
         cloud = self.conn.cloud
+        if isinstance(server, str):  # as openstacksdk: a server or its id
+            if server not in self.conn.servers:
+                return
+            server = self.conn.servers[server]
         cloud.note(f"delete_server {server.name}")
         self.conn.servers.pop(server.id, None)
         guest = cloud.guests.get(server.id)
@@ -244,7 +254,7 @@ class _Compute:
         return None
 
     def find_flavor(self, name, ignore_missing=True):
-        return SimpleNamespace(id="flavor", name=name, disk=10)
+        return SimpleNamespace(id="flavor", name=name, disk=10, ram=2048)
 
     def find_keypair(self, name, ignore_missing=True):
         return SimpleNamespace(id=name, name=name)

@@ -219,7 +219,7 @@ def test_an_s3_node_archives_builds_replicas_from_the_repository_and_schedules(t
     assert patroni["postgresql"]["pgbackrest"]["keep_data"] is True
     assert "method" not in patroni["bootstrap"]
     # Only the full timer: the differential one is off.
-    assert bundle.services[-1:] == ["bakery-backup-full.timer"]
+    assert [s for s in bundle.services if s.endswith(".timer")] == ["bakery-backup-full.timer"]
     dropin = files["/etc/systemd/system/bakery-backup-full.timer.d/bakery-schedule.conf"]
     assert dropin.content.endswith("[Timer]\nOnCalendar=\nOnCalendar=Sat *-*-* 02:00:00\n")
     assert (dropin.owner, dropin.mode) == ("root:root", "0644")

@@ -32,6 +32,8 @@ def manifest(loaded):
             "pgbackrest": {"package": "2.57.0-1.pgdg120+1"},
             "consul": {"version": "1.20.2"},
             "nebula": {"package": "1.6.1+dfsg-3+b4"},
+            "prometheus-node-exporter": {"package": "1.5.0-1+b6"},
+            "prometheus-postgres-exporter": {"package": "0.15.0-1.pgdg120+1"},
         },
     }
 
@@ -50,6 +52,16 @@ def test_the_pinned_manifest_of_this_build_is_accepted(loaded, manifest):
         ("components.consul", None, "consul version is None"),
         ("components.nebula.package", "1.9.0-1", "nebula package is '1.9.0-1', the definition"),
         ("components.nebula.package", "1.60-1", "nebula package is '1.60-1', the definition"),
+        (
+            "components.prometheus-node-exporter.package",
+            "1.7.0-1",
+            "prometheus-node-exporter package is '1.7.0-1', the definition pins a version",
+        ),
+        (
+            "components.prometheus-postgres-exporter",
+            None,
+            "prometheus-postgres-exporter package is None",
+        ),
     ],
 )
 def test_each_contradiction_is_named(loaded, manifest, path, value, problem):

@@ -229,6 +229,11 @@ def _resolve(settings: Settings, label: str, az: AvailabilityZone, conn) -> AzTa
                 f"{where}: flavor {flavor.name} has a {flavor.disk} GB disk; image "
                 f"{image.name} needs {image.min_disk} GB"
             )
+        if (flavor.ram or 0) < (image.min_ram or 0):  # released images carry min_ram
+            raise CloudError(
+                f"{where}: flavor {flavor.name} has {flavor.ram} MiB of RAM; image "
+                f"{image.name} needs {image.min_ram} MiB"
+            )
         network = find_named(conn.network.find_network, az.network, "network", where)
         subnet = _subnet(conn, network, az, where)
         own = {port_name(name) for name, _, _ in planning.node_slots(settings, [label])}

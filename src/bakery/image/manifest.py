@@ -76,6 +76,11 @@ def manifest_problems(loaded: LoadedDefinition, build_id: str, manifest: Any) ->
     for name, pinned in (("pgbackrest", c.pgbackrest), ("nebula", c.nebula)):
         if pinned is not None:
             wanted.append((name, "package", pinned.version or "", True))
+    if c.exporters is not None:
+        wanted += [
+            ("prometheus-node-exporter", "package", c.exporters.node_exporter or "", True),
+            ("prometheus-postgres-exporter", "package", c.exporters.postgres_exporter or "", True),
+        ]
     for name, field, pin, prefix in wanted:
         found = installed(name, field)
         text = "" if found is None else str(found)

@@ -19,7 +19,7 @@ from ..config import Settings
 from ..errors import BakeryError, ConfigError, Problem
 from ..secrets import Secret, SecretStore
 from ..templating import make_environment, render
-from . import backup
+from . import backup, consul_dns, monitoring
 from .plan import Node, Plan
 
 # Nova refuses user-data whose base64 form is larger than this.
@@ -87,12 +87,15 @@ class _ClusterMaterial:
     acl_token: Secret | None
     admin_verifier: str
     backup: backup.BackupMaterial
+    monitor_verifier: str
+    dns_token: Secret | None
 
 
 def build_bundles(settings: Settings, plan: Plan, environ: dict[str, str] | None = None) -> list:
     """Render and check every node's bundle. Creates secrets and certificates in the state
     directory on first use, but only after every preflight check has passed."""
     _check_addresses_allowed(settings, plan)
+    monitoring.check_plan(settings, plan)
     material = _prepare(settings, environ)
     env = make_environment(settings.template_overrides)
     return [_bundle(settings, env, material, node) for node in plan.nodes]
@@ -139,6 +142,9 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
         resolve(consul.gossip_key, f"{where}.gossip_key") if consul and consul.gossip_key else None
     )
     token = resolve(consul.acl_token, f"{where}.acl_token") if consul and consul.acl_token else None
+    dns_token = (
+        resolve(consul.dns_token, f"{where}.dns_token") if consul and consul.dns_token else None
+    )
     backup_material = backup.prepare(settings, store)
     # Passwords last: they are the only thing written to the state directory here.
     return _ClusterMaterial(
@@ -149,6 +155,8 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
         token,
         store.scram_verifier("admin"),
         backup.generate(settings, store, backup_material),
+        store.scram_verifier("monitor"),
+        dns_token,
     )
 
 
@@ -158,7 +166,8 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
     cluster = settings.cluster
     paths = NodePaths(cluster.postgresql.major)
     node_dir = settings.state_dir / "nodes" / node.name
-    spec = pki.LeafSpec(node.name, (node.name,), tuple(node.addresses), settings.pki.cert_days)
+    names = (node.name, *consul_dns.certificate_names(settings))
+    spec = pki.LeafSpec(node.name, names, tuple(node.addresses), settings.pki.cert_days)
     tls = pki.issue_cached(node_dir, "node", material.ca, spec)
     context = _context(settings, material, node, paths)
     text = {
@@ -197,15 +206,23 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
     ]
     files += _backup_files(settings, env, context, material, node)
     services = []
+    restart = []
     if settings.overlay.type == "nebula":
         files += _nebula_files(settings, env, context, node, node_dir)
         services.append("nebula.service")
     if cluster.dcs.type == "consul":
         files += _consul_files(settings, env, context, material, node, node_dir)
         services.append("consul.service")
+        if consul_dns.enabled(settings):
+            files += [BundleFile(*f) for f in consul_dns.files(env, context)]
+            services.append(consul_dns.SERVICE)
+            restart.append(consul_dns.RESOLVED)
     services.append("patroni.service")
     services += backup.timers(settings)
-    runcmd = service_commands(services)
+    if context["exporters"] is not None:
+        files += _exporter_files(env, context, material)
+        services += monitoring.SERVICES
+    runcmd = service_commands(services, restart)
     write_files = [
         {"path": f.path, "owner": f.owner, "permissions": f.mode, "content": f.content}
         for f in files
@@ -221,16 +238,38 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
     return bundle
 
 
-def service_commands(services: list[str]) -> list[list[str]]:
+def service_commands(services: list[str], restart: list[str] | None = None) -> list[list[str]]:
     """What the user-data runs: enable the node's services, then start them.
 
     `--no-reload`: the units are already loaded from the image; enabling only adds symlinks, and
     the daemon reload that `enable --now` would do costs seconds of first boot under emulation.
-    The units order themselves (patroni after consul after nebula).
+    The units order themselves (patroni after consul after nebula). `restart`: running services
+    whose configuration the bundle changed (systemd-resolved, for the Consul DNS forwarding),
+    restarted before the node's own services start.
     """
+    restarts = [["systemctl", "restart", *restart]] if restart else []
     return [
         ["systemctl", "--no-reload", "enable", *services],
+        *restarts,
         ["systemctl", "start", *services],
+    ]
+
+
+def _exporter_files(env, context, material: _ClusterMaterial) -> list[BundleFile]:
+    """The exporters' settings, the postgres_exporter's password and the scrape guard."""
+    text = render(env, "exporters.env.j2", **context)
+    checks.check_exporters_env(text, context)
+    password = monitoring.password_file_content(material.passwords["monitor"].value)
+    return [
+        BundleFile(monitoring.ENV_FILE, text, "root:root", "0644"),
+        # Only postgres_exporter's user reads it; the unit never puts it on a command line.
+        BundleFile(monitoring.PASSWORD_FILE, password, "prometheus:prometheus", "0600"),
+        BundleFile(
+            monitoring.GUARD_FILE,
+            render(env, "scrape-guard.nft.j2", **context),
+            "root:root",
+            "0644",
+        ),
     ]
 
 
@@ -287,9 +326,12 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
         "passwords": material.passwords,
         "consul_token": material.acl_token,
         "admin_verifier": material.admin_verifier,
+        "monitor_role": monitoring.MONITOR_ROLE,
+        "monitor_verifier": material.monitor_verifier,
+        "exporters": monitoring.exporters(settings, node),
         "bootstrap_dcs": bootstrap_dcs,
         "local_parameters": local_parameters,
-        "pg_hba": pg_hba(pg.allowed_networks),
+        "pg_hba": pg_hba(pg.allowed_networks, monitoring.pg_hba_lines(settings)),
         "etcd_hosts": [f"{m.address}:{dcs.etcd3.port}" for m in dcs.members] if dcs.etcd3 else [],
         "replica_methods": replica_methods,
         "replica_pgbackrest": replica_pgbackrest,
@@ -300,17 +342,19 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
     }
 
 
-def pg_hba(networks: list) -> list[str]:
+def pg_hba(networks: list, monitor: list[str] | None = None) -> list[str]:
     """Client authentication: TLS and SCRAM from the allowed networks, nothing else.
 
     Patroni's local replication check connects to 127.0.0.1 without TLS, hence that one line.
-    Order matters: PostgreSQL takes the first line that matches.
+    Order matters: PostgreSQL takes the first line that matches. `monitor`: the monitor role's
+    own lines (monitoring.pg_hba_lines), before the allowed networks'.
     """
     lines = [
         "local all postgres peer",
         "local all all scram-sha-256",
         "host all all 127.0.0.1/32 scram-sha-256",
         "host replication replicator 127.0.0.1/32 scram-sha-256",
+        *(monitor or []),
     ]
     for net in networks:
         lines.append(f"hostssl replication replicator {net} scram-sha-256")
@@ -343,6 +387,7 @@ def _nebula_files(settings, env, context, node: Node, node_dir: Path) -> list[Bu
             str(lh.overlay_address): [lh.public_address] for lh in overlay.lighthouses
         },
         "lighthouse_hosts": [str(lh.overlay_address) for lh in overlay.lighthouses],
+        "monitoring_rules": monitoring.nebula_rules(settings),
     }
     config = render(env, "nebula.yml.j2", **nebula_context)
     checks.check_nebula(config, nebula_context)
@@ -390,6 +435,8 @@ def _consul_files(settings, env, context, material, node: Node, node_dir: Path):
         "retry_join": [m.address for m in settings.cluster.dcs.members],
         "gossip_key": material.gossip_key,
         "acl_token": material.acl_token,
+        "dns_token": material.dns_token,
+        "consul_dns_port": consul_dns.CONSUL_DNS_PORT,
     }
     text = render(env, "consul.hcl.j2", **consul_context)
     checks.check_consul(text, consul_context)
