@@ -349,7 +349,6 @@ def _launch_local(c, az, dry_run):
 def _invocation(c) -> str:
     """How this command was called, to print the next one (same program, same -f file)."""
     import shlex
-    import sys
 
     program = sys.argv[0] if "/" in sys.argv[0] else "invoke"
     config = c.config._runtime_path
