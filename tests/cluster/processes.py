@@ -11,7 +11,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,19 +78,28 @@ class Supervisor:
     procs: list[Started] = field(default_factory=list)
 
     def start(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/"
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str = "/",
+        tee: Callable[[bytes], None] | None = None,
     ) -> Started:
+        """Start `argv`, its output into `<name>.log`; with `tee`, each line also goes there
+        (a node's console)."""
         log = self.log_dir / f"{name}.log"
         with open(log, "ab") as out:
             popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
-                stdout=out,
+                stdout=subprocess.PIPE if tee else out,
                 stderr=subprocess.STDOUT,
                 env=env if env is not None else minimal_env(),
                 cwd=cwd,
                 start_new_session=True,  # the test runner's Ctrl-C is the harness's to handle
             )
+        if tee:
+            threading.Thread(target=_copy, args=(popen.stdout, log, tee), daemon=True).start()
         proc = Started(name, popen, start_time(popen.pid), log)
         self.procs.append(proc)
         return proc
@@ -115,6 +126,14 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.popen.wait(5)
         return wait_gone(pids, 5)
+
+
+def _copy(stream, log: Path, tee: Callable[[bytes], None]) -> None:
+    with stream, open(log, "ab") as out:
+        for line in iter(stream.readline, b""):
+            out.write(line)
+            out.flush()
+            tee(line)
 
 
 def minimal_env(**extra: str) -> dict[str, str]:
