@@ -61,10 +61,14 @@ class Network:
     # short (an error, an interrupt) is deleted too.
     created: list[str] = field(default_factory=list)
     inodes: dict[str, int] = field(default_factory=dict)
+    # Someone else's switch namespace to plug the hosts into (the cloud stack's public segment)
+    # instead of one of the run's own; `veth_prefix` keeps the run's cables apart on it.
+    shared_switch: str | None = None
+    veth_prefix: str = "v"
 
     @property
     def switch(self) -> str:
-        return f"{self.run_id}-sw"
+        return self.shared_switch or f"{self.run_id}-sw"
 
     def _add_ns(self, name: str) -> None:
         self.created.append(name)
@@ -78,7 +82,7 @@ class Network:
         run("ip", "-n", self.switch, "link", "set", "br0", "up")
 
     def add_host(self, name: str, underlay: str) -> Host:
-        host = Host(name, f"{self.run_id}-{name}", underlay, f"v{len(self.hosts)}")
+        host = Host(name, f"{self.run_id}-{name}", underlay, f"{self.veth_prefix}{len(self.hosts)}")
         self._add_ns(host.netns)
         # Both veth ends are made inside namespaces: the host's namespace never sees them.
         run(
@@ -101,6 +105,10 @@ class Network:
         run("ip", "-n", host.netns, "link", "set", "eth0", "up")
         self.hosts[name] = host
         return host
+
+    def route(self, name: str, cidr: str, via: str) -> None:
+        """A route from host `name` to `cidr` through a router on its segment."""
+        run("ip", "-n", self.hosts[name].netns, "route", "add", cidr, "via", via)
 
     def cut(self, name: str) -> None:
         """Unplug a host: its underlay link goes down, so every tunnel through it stops."""
