@@ -187,8 +187,11 @@ class Unit:
 
     @property
     def environment(self) -> dict[str, str]:
-        pairs = [item.partition("=") for v in self.values("Service", "Environment")
-                 for item in shlex.split(v)]  # fmt: skip
+        pairs = [
+            item.partition("=")
+            for v in self.values("Service", "Environment")
+            for item in shlex.split(v)
+        ]
         return {key: value for key, _, value in pairs}
 
     @property
