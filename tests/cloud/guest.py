@@ -41,7 +41,7 @@ from pathlib import Path
 
 from processes import alive, kill, wait_gone
 
-from tests.owned_netns import NETNS_DIR, OWNED, ns_inode, ns_path, pids_in_netns, remove
+from tests.owned_netns import ns_inode, ns_path, pids_in_netns, remove
 
 from .layout import Layout
 
@@ -119,15 +119,9 @@ def sweep(layout: Layout) -> list[str]:
     return done
 
 
-def leftovers(layout: Layout, owners: set[int]) -> list[str]:
-    """What of any guest still exists: disk directories, namespaces owned by one of
-    `owners` (nova-compute PIDs) and what runs in them, VM processes."""
+def leftovers(layout: Layout) -> list[str]:
+    """What of any guest of the stack still exists: disk directories, VM processes."""
     found = [f"guest disk {disk}" for disk in disks(layout)]
-    for name in sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else []:
-        match = OWNED.fullmatch(name)
-        if match and name.startswith("bkg-") and int(match["owner"]) in owners:
-            inode = ns_inode(ns_path(name))
-            found.append(f"namespace {name} ({len(pids_in_netns(inode or -1))} processes)")
     marker = f"--disk {layout.data}".encode()
     for pid in os.listdir("/proc"):
         if pid.isdigit() and int(pid) != os.getpid():
@@ -138,6 +132,13 @@ def leftovers(layout: Layout, owners: set[int]) -> list[str]:
             if marker in cmdline:
                 found.append(f"VM process {pid}: {cmdline[:100]!r}")
     return found
+
+
+def journal(disk: Path, unit: str) -> str:
+    """What the guest's unit (its stem: `patroni`) has written to its journal."""
+    hostname = (read(disk, GUEST) or {}).get("hostname")
+    path = disk / "journal" / f"{hostname}-{unit}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def processes(disk: Path) -> list[int]:
