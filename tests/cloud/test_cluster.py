@@ -190,8 +190,9 @@ def test_deleting_the_leaders_server_promotes_the_replica_within_ttl(
     assert len(running) > 3  # the VM process, its holder, nebula, patroni, postgres ...
 
     conn, server_id = launched.servers[leader]
+    server = launched.server(leader)
     deleted_at = time.monotonic()
-    conn.compute.delete_server(server_id)  # a hard power-off, then the disk goes
+    conn.compute.delete_server(server)  # a hard power-off, then the disk goes
     wait_for("the leader's guest gone", lambda: not any(alive(*p) for p in running), 60, 0.1)
     killed_at = time.monotonic()
     _, promoted_at = launched.wait_leader(TTL + LOOP_WAIT + 60, not_=leader)
@@ -204,7 +205,7 @@ def test_deleting_the_leaders_server_promotes_the_replica_within_ttl(
     launched.wait_writable(replica, 30)
     assert rows(launched, replica, "bkc_delete") == {"before-delete"}
 
-    conn.compute.wait_for_delete(conn.compute.get_server(server_id), interval=1, wait=120)
+    conn.compute.wait_for_delete(server, interval=1, wait=120)
     assert not disk.exists()
     assert ns_inode(ns_path(spec["netns"])) is None
     assert pids_in_netns(inode) == []

@@ -64,6 +64,7 @@ class Started:
     popen: subprocess.Popen
     started: int | None
     log: Path
+    copier: threading.Thread | None = None  # what copies its output when it is teed
 
     @property
     def pid(self) -> int:
@@ -98,9 +99,11 @@ class Supervisor:
                 cwd=cwd,
                 start_new_session=True,  # the test runner's Ctrl-C is the harness's to handle
             )
+        copier = None
         if tee:
-            threading.Thread(target=_copy, args=(popen.stdout, log, tee), daemon=True).start()
-        proc = Started(name, popen, start_time(popen.pid), log)
+            copier = threading.Thread(target=_copy, args=(popen.stdout, log, tee), daemon=True)
+            copier.start()
+        proc = Started(name, popen, start_time(popen.pid), log, copier)
         self.procs.append(proc)
         return proc
 

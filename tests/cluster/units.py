@@ -413,7 +413,8 @@ class Systemd:
         return env
 
     def _argv(self, unit: Unit, command: Command, env: dict[str, str]) -> list[str]:
-        argv = [*self.enter, f"--wd={unit.working_directory}", "--"]
+        # Without `enter` (the unit tests) commands run here, from the working directory.
+        argv = [*self.enter, f"--wd={unit.working_directory}", "--"] if self.enter else []
         if unit.user:
             group = unit.group or unit.user
             argv += ["setpriv", f"--reuid={unit.user}", f"--regid={group}", "--init-groups", "--"]
@@ -422,7 +423,9 @@ class Systemd:
     def _spawn(self, unit: Unit, command: Command, env: dict[str, str]) -> Started:
         name = self.log_prefix + unit.name.rsplit(".", 1)[0]
         tee = self._console_lines if (unit.to_console and self.console) else None
-        return self.sup.start(name, self._argv(unit, command, env), env=env, tee=tee)
+        argv = self._argv(unit, command, env)
+        cwd = "/" if self.enter else unit.working_directory  # else nsenter --wd inside
+        return self.sup.start(name, argv, env=env, cwd=cwd, tee=tee)
 
     def _run_to_end(self, unit: Unit, command: Command, env, timeout: float | None) -> None:
         proc = self._spawn(unit, command, env)
@@ -432,6 +435,8 @@ class Systemd:
             kill(proc.pid, proc.started)
             proc.popen.wait(10)
             code = "timeout"
+        if proc.copier is not None:
+            proc.copier.join(5)  # its console lines come before the job's result
         if code != 0 and not command.ignore_failure:
             raise UnitError(f"{unit.name}: {' '.join(command.words)} failed ({code})")
 
