@@ -135,9 +135,11 @@ def leftovers(layout: Layout) -> list[str]:
 
 
 def journal(disk: Path, unit: str) -> str:
-    """What the guest's unit (its stem: `patroni`) has written to its journal."""
+    """What the guest's unit (its stem: `patroni`) has written to its journal; `runner`: the
+    VM process's own log."""
     hostname = (read(disk, GUEST) or {}).get("hostname")
-    path = disk / "journal" / f"{hostname}-{unit}.log"
+    name = "runner.log" if unit == "runner" else f"{hostname}-{unit}.log"
+    path = disk / "journal" / name
     return path.read_text(errors="replace") if path.exists() else ""
 
 

@@ -214,8 +214,21 @@ class LaunchedCluster(Cluster):
     def start_server(self, name: str, timeout: float = 120) -> None:
         conn, server_id = self.servers[name]
         conn.compute.start_server(server_id)
-        conn.compute.wait_for_server(self.server(name), status="ACTIVE", interval=1, wait=timeout)
+        self.wait_for_server(name, timeout)
+
+    def wait_for_server(self, name: str, timeout: float = 120) -> None:
+        """Until the server is ACTIVE with no task, and its guest has booted."""
+        wait_for(
+            f"server {name} ACTIVE",
+            lambda: (s := self.server(name)).status == "ACTIVE" and not s.task_state,
+            timeout,
+            every=1,
+        )
         self.nodes[name] = wait_for(f"guest {name} booted", lambda: self._view(name), timeout)
+
+    def journal_lines(self, name: str, unit: str, text: str) -> int:
+        """How many lines of the guest's journal of `unit` (guest.journal) hold `text`."""
+        return sum(text in line for line in guest.journal(self.disk(name), unit).splitlines())
 
     def console(self, name: str) -> str:
         conn, server_id = self.servers[name]

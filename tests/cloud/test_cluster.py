@@ -148,6 +148,32 @@ def test_a_stopped_replica_comes_back_streaming_with_its_data(launched: Launched
     assert launched.leader() == leader
 
 
+def test_soft_and_hard_reboots_of_the_replica(launched: LaunchedCluster):
+    leader, replica = launched.heal()
+    conn, server_id = launched.servers[replica]
+    disk = launched.disk(replica)
+    boots = guest.read(disk, "state.json")["boots"]
+    for kind in ("SOFT", "HARD"):
+        before = guest.read(disk, guest.RUN)["runner"]
+        conn.compute.reboot_server(server_id, kind)
+        wait_for(f"{kind} reboot of {replica}", lambda b=before: _rebooted(disk, b), 120)
+        launched.wait_for_server(replica)
+        launched.wait_streaming(120, name=replica)
+    console = launched.console(replica)
+    # The soft one shut down cleanly (ACPI), the hard one was a power cut: one power-down line.
+    assert console.count("reboot: Power down") == 1
+    assert "bakery-guest: soft reboot" in console and "bakery-guest: hard reboot" in console
+    assert guest.read(disk, "state.json")["boots"] == boots + 2
+    # cloud-init's runcmd ran once for the instance; the units it enabled came back each boot.
+    assert console.count("Cloud-init v. ") == boots + 2
+    assert launched.journal_lines(replica, "runner", "runcmd: systemctl start") == 1
+
+
+def _rebooted(disk, runner_before: int) -> bool:
+    state = guest.read(disk, guest.RUN)
+    return bool(state) and state["runner"] != runner_before and "holder" in state
+
+
 def test_cutting_the_public_underlay_never_leaves_two_writers(launched: LaunchedCluster):
     leader, replica = launched.heal()
     cloud = launched.environments[leader]
