@@ -18,8 +18,9 @@ Boot:
    fails, as cloud-init reports a failing runcmd. At later boots the units that runcmd enabled
    start instead;
 5. cloud-init's final line, then the other units the image enables;
-6. then it watches: Restart= and timers of the units, orphans reaped (it is the guest's
-   subreaper, as PID 1 is), nova-compute alive (else a power cut).
+6. then it watches: Restart= and timers of the units, nova-compute alive (else a power cut).
+All the while a thread reaps the orphans it adopts (it is the guest's subreaper, as systemd is
+PID 1): Patroni waits for its postmaster, which has left it, to be gone, and a zombie is not.
 
 SIGTERM is the ACPI power button: the units stop in reverse start order (ExecStop, KillSignal,
 SIGKILL at TimeoutStopSec), what is left gets SIGTERM and then SIGKILL (systemd-shutdown),
@@ -93,6 +94,7 @@ class VM:
         self.power_button = threading.Event()
         self.node: Node | None = None
         self._noted = 0
+        self.child_exited = threading.Event()
 
     @property
     def netns(self) -> str:
@@ -192,14 +194,9 @@ class VM:
         for device in ("/dev/console", "/dev/ttyS0"):
             if os.path.exists(device):
                 mounts.append((str(self.console.fifo), device))
-        return Node(
-            bundle,
-            host,
-            root,
-            Supervisor(self.journal),
-            extra_mounts=mounts,
-            console=self.console.line,
-        )
+        sup = Supervisor(self.journal)
+        threading.Thread(target=self.reaper, args=(sup,), daemon=True).start()
+        return Node(bundle, host, root, sup, extra_mounts=mounts, console=self.console.line)
 
     def _user_data(self) -> dict | None:
         try:
@@ -298,27 +295,32 @@ class VM:
     def watch(self) -> None:
         while not self.power_button.is_set():
             self.node.systemd.poll()
-            self._reap()
             self._flush_notes()
             if not owner_alive(self.spec):
                 self.note("nova-compute is gone: power cut")
                 raise SystemExit(1)
             self.power_button.wait(0.5)
 
-    def _reap(self) -> None:
-        """Collect orphans that ended (this process is the guest's subreaper); the processes
-        the supervisor started are its own to wait for."""
-        own = {p.pid for p in self.node.sup.procs if p.popen.returncode is None}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) in own:
-                continue
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and int(fields[1]) == os.getpid():
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(int(entry), os.WNOHANG)
+    def reaper(self, sup: Supervisor) -> None:
+        """Collect the orphans that ended, at each SIGCHLD (and every second). Left alone: the
+        supervisor's own children (their Popen waits for them) and this process's short
+        commands (`ip`, `mount`: same session as this process, waited by subprocess.run)."""
+        me, session = os.getpid(), os.getsid(0)
+        while True:
+            self.child_exited.wait(1.0)
+            self.child_exited.clear()
+            with sup.lock:
+                own = {p.pid for p in sup.procs if p.popen.returncode is None}
+                for entry in os.listdir("/proc"):
+                    if not entry.isdigit() or int(entry) in own:
+                        continue
+                    try:
+                        stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    if stat[0] == "Z" and int(stat[1]) == me and int(stat[3]) != session:
+                        with contextlib.suppress(ChildProcessError):
+                            os.waitpid(int(entry), os.WNOHANG)
 
     def _flush_notes(self) -> None:
         if self.node is None or self.node.systemd is None:
@@ -355,6 +357,7 @@ def run_vm(disk: Path) -> int:
     vm = VM(disk)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: vm.power_button.set())
+    signal.signal(signal.SIGCHLD, lambda *_: vm.child_exited.set())
     code = 0
     try:
         vm.boot()

@@ -77,6 +77,9 @@ class Supervisor:
 
     log_dir: Path
     procs: list[Started] = field(default_factory=list)
+    # Held while a process is started and recorded: a reaper of orphans (a cloud guest's VM
+    # process) takes it to tell the supervisor's children from adopted ones.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(
         self,
@@ -89,7 +92,7 @@ class Supervisor:
         """Start `argv`, its output into `<name>.log`; with `tee`, each line also goes there
         (a node's console)."""
         log = self.log_dir / f"{name}.log"
-        with open(log, "ab") as out:
+        with self.lock, open(log, "ab") as out:
             popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -99,12 +102,12 @@ class Supervisor:
                 cwd=cwd,
                 start_new_session=True,  # the test runner's Ctrl-C is the harness's to handle
             )
-        copier = None
-        if tee:
-            copier = threading.Thread(target=_copy, args=(popen.stdout, log, tee), daemon=True)
-            copier.start()
-        proc = Started(name, popen, start_time(popen.pid), log, copier)
-        self.procs.append(proc)
+            copier = None
+            if tee:
+                copier = threading.Thread(target=_copy, args=(popen.stdout, log, tee), daemon=True)
+                copier.start()
+            proc = Started(name, popen, start_time(popen.pid), log, copier)
+            self.procs.append(proc)
         return proc
 
     def stop(self, proc: Started, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
