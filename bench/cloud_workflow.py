@@ -1,10 +1,14 @@
 """bakery's own cost around a bake and a launch, on the cloud tier's loopback OpenStack.
 
-The guest is played by the test driver (it "builds" in about a second), so these figures are
-bakery's API calls, waits and polling, not a real build. Rounds alternate, side by side:
+The builder guest is played by the test driver (it "builds" in about a second), so the bake
+figures are bakery's API calls, waits and polling, not a real build. Rounds alternate, side by
+side:
 - bake in one environment, then in two: the ratio shows whether environments really build in
   parallel (≈ 1: they do; ≈ 2: one after the other);
-- launch of two nodes (one per environment), then their removal.
+- launch of two nodes (one per environment), then their removal;
+- launch to healthy cluster: from the launch's start until one leader and a streaming replica,
+  the nodes being real guests (tests/cloud/guest.py) with the lighthouse and etcd outside both
+  environments (tests/cloud/outside.py); the DCS keys are cleared between rounds.
 
     .venv/bin/python -m tests.cloud.stack up     # or let this script start it
     .venv/bin/python bench/cloud_workflow.py [--rounds N]
@@ -25,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.cloud.conftest import CloudTier  # noqa: E402
+from tests.cloud.outside import LaunchedCluster  # noqa: E402
 from tests.cloud.stack import Stack  # noqa: E402
 from tests.cloud.workflow import cloud_env, cluster_config, remove_leftovers  # noqa: E402
 from tests.helpers import INVOKE  # noqa: E402
@@ -60,21 +65,36 @@ def main() -> None:
         info=info,
     )
     conns = [cloud.connect(name) for name in cloud.clouds]
+    admin = cloud.connect(cloud.admin_cloud)
     names = ("bake, 1 environment", "bake, 2 environments", "launch, 2 nodes")
+    names += ("launch to healthy cluster",)
     rows: dict[str, list[float]] = {name: [] for name in names}
     load = os.getloadavg()[0]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             config = cluster_config(Path(tmp))
             _timed(cloud, config, "ca")
-            for round_ in range(args.rounds):
-                rows["bake, 1 environment"].append(_timed(cloud, config, "bake", "-e", "e1"))
-                rows["bake, 2 environments"].append(_timed(cloud, config, "bake"))
-                rows["launch, 2 nodes"].append(_timed(cloud, config, "launch"))
+            outside = LaunchedCluster(config=config)
+            try:
+                outside.start_outside()
+                for round_ in range(args.rounds):
+                    rows["bake, 1 environment"].append(_timed(cloud, config, "bake", "-e", "e1"))
+                    rows["bake, 2 environments"].append(_timed(cloud, config, "bake"))
+                    started = time.monotonic()
+                    rows["launch, 2 nodes"].append(_timed(cloud, config, "launch"))
+                    outside.attach(dict(zip(cloud.clouds, conns, strict=True)), admin)
+                    outside.wait_healthy(300)
+                    rows["launch to healthy cluster"].append(time.monotonic() - started)
+                    for conn in conns:
+                        remove_leftovers(conn)
+                    outside.clear_dcs()  # the next round's cluster bootstraps anew
+                    last = ", ".join(f"{name} {v[-1]:.1f} s" for name, v in rows.items())
+                    print(f"round {round_ + 1}: {last}")
+            finally:
                 for conn in conns:
                     remove_leftovers(conn)
-                last = ", ".join(f"{name} {values[-1]:.1f} s" for name, values in rows.items())
-                print(f"round {round_ + 1}: {last}")
+                if not outside.teardown():
+                    outside.remove_files()
     finally:
         for conn in conns:
             remove_leftovers(conn)
@@ -83,7 +103,7 @@ def main() -> None:
     print(f"\nover {args.rounds} rounds (load {load:.1f} at the start), median (min-max):")
     for name, values in rows.items():
         spread = f"{min(values):.1f}-{max(values):.1f}"
-        print(f"  {name:22} {statistics.median(values):6.1f} s ({spread})")
+        print(f"  {name:25} {statistics.median(values):6.1f} s ({spread})")
     one, two = (statistics.median(rows[name]) for name in names[:2])
     print(f"  two environments / one: {two / one:.2f}")
 
