@@ -43,7 +43,7 @@ from pathlib import Path
 
 import yaml
 from bundle import NodeBundle, place
-from netns import Host, run
+from netns import Host, cable, run
 from nodes import MOUNTS, Node
 from processes import Supervisor, start_time, wait_gone
 from units import boolean
@@ -161,28 +161,10 @@ class VM:
         segment = built["networks"].get(port["id"])
         if segment is None:
             raise RuntimeError(f"network {port['id']} has no segment in the test cloud")
-        switch, veth, ns = segment["switch"], spec["veth"], self.netns
-        run(
-            "ip",
-            "-n",
-            switch,
-            "link",
-            "add",
-            veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns,
-        )
-        run("ip", "-n", switch, "link", "set", veth, "master", "br0", "up")
-        run("ip", "-n", ns, "link", "set", "eth0", "address", port["mac"])
-        run("ip", "-n", ns, "addr", "add", f"{port['address']}/{port['prefix']}", "dev", "eth0")
-        run("ip", "-n", ns, "link", "set", "eth0", "up")
+        address = f"{port['address']}/{port['prefix']}"
+        cable(segment["switch"], spec["veth"], self.netns, "eth0", address, port["mac"])
         if port.get("gateway"):
-            run("ip", "-n", ns, "route", "add", "default", "via", port["gateway"])
+            run("ip", "-n", self.netns, "route", "add", "default", "via", port["gateway"])
 
     def _node(self) -> Node:
         spec, root = self.spec, self.disk / "root"

@@ -25,9 +25,7 @@ from harness import Cluster, wait_for
 from infra import ETCD_PORT, Infra, etcd_command, etcd_healthy, nebula_host, wait_address
 from netns import Host, Network, entered
 from nodes import Node
-from pgclient import Psql
 from processes import Supervisor, minimal_env
-from restapi import RestApi
 
 from . import guest, underlay
 from .layout import Layout
@@ -157,25 +155,14 @@ class LaunchedCluster(Cluster):
         """Find the cluster's servers in the stack's projects and look at their guests."""
         self.servers.clear()
         for cloud, conn in conns.items():
+            scope = self.settings["cluster"]["scope"]
             for server in conn.compute.servers():
-                if (server.metadata or {}).get("bakery_cluster") == self.settings["cluster"][
-                    "scope"
-                ]:
+                if (server.metadata or {}).get("bakery_cluster") == scope:
                     self.servers[server.name] = (conn, server.id)
                     self.environments[server.name] = cloud
         self.admin = admin
         self.refresh()
-        first = next(iter(self.nodes.values()))
-        self.ca = str(first.file("/etc/patroni/tls/ca.pem"))
-        env = first.patroni_env()
-        cert = (
-            str(first.file("/etc/patroni/tls/node.pem")),
-            str(first.file("/etc/patroni/tls/node.key")),
-        )
-        netns = self.infra.host.netns
-        user, password = env["PATRONI_RESTAPI_USERNAME"], env["PATRONI_RESTAPI_PASSWORD"]
-        self.rest = RestApi(netns, self.ca, user, password, cert)
-        self.psql = Psql(netns, self.ca, password=env["PATRONI_SUPERUSER_PASSWORD"])
+        self.connect_clients(self.infra.host.netns)
 
     def refresh(self, timeout: float = 120) -> None:
         """A view of each running guest (its namespaces change at every boot)."""

@@ -17,7 +17,7 @@ import time
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from harness import wait_for
+from harness import never_two_writers, wait_for
 from netns import entered
 from processes import alive, start_time
 
@@ -178,28 +178,12 @@ def _rebooted(disk, runner_before: int) -> bool:
 def test_cutting_the_public_underlay_never_leaves_two_writers(launched: LaunchedCluster):
     leader, replica = launched.heal()
     cloud = launched.environments[leader]
-    # Each node is asked over its own Unix socket, so the cut-off one can still be watched;
-    # only definite answers count as evidence (None is ignored).
-    seen: dict[str, list[tuple[float, bool | None]]] = {leader: [], replica: []}
     underlay.cut(launched.layout, cloud)
-    cut_at = time.monotonic()
     try:
-        deadline = cut_at + 3 * TTL + 30
-        while time.monotonic() < deadline:
-            for name in (leader, replica):
-                seen[name].append((time.monotonic(), launched.is_writer(name)))
-            if seen[replica][-1][1] is True and seen[leader][-1][1] is False:
-                break
-            time.sleep(0.2)
+        seen = launched.watch_writers(leader, replica, 3 * TTL + 30)
     finally:
         underlay.restore(launched.layout, cloud)
-    old_read_only = next((t for t, w in seen[leader] if w is False), None)
-    new_writer = next((t for t, w in seen[replica] if w is True), None)
-    assert old_read_only is not None, "the cut-off leader never stopped taking writes"
-    assert new_writer is not None, "the node on the other side was never promoted"
-    last_read_only = max(t for t, w in seen[replica] if w is False and t < new_writer)
-    assert old_read_only < last_read_only  # demoted before the other was promoted
-    assert all(w is not True for t, w in seen[leader] if t >= old_read_only)
+    never_two_writers(seen, leader, replica)
     launched.wait_streaming(180, name=leader)
     assert launched.leader() == replica
 

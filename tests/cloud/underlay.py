@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from netns import cable
+
 from tests.owned_netns import owned_name, remove
 
 from .layout import Layout
@@ -88,29 +90,17 @@ def wait_ready(layout: Layout, owner: int, timeout: float = 60) -> dict:
 def cut(layout: Layout, cloud: str) -> None:
     """Unplug the environment's router from the public segment: its nodes reach nothing
     outside their own network."""
-    built = load(layout)
-    run(
-        "ip",
-        "-n",
-        built["public"]["switch"],
-        "link",
-        "set",
-        built["environments"][cloud]["uplink"],
-        "down",
-    )
+    _uplink(layout, cloud, "down")
 
 
 def restore(layout: Layout, cloud: str) -> None:
+    _uplink(layout, cloud, "up")
+
+
+def _uplink(layout: Layout, cloud: str, state: str) -> None:
     built = load(layout)
-    run(
-        "ip",
-        "-n",
-        built["public"]["switch"],
-        "link",
-        "set",
-        built["environments"][cloud]["uplink"],
-        "up",
-    )
+    switch, uplink = built["public"]["switch"], built["environments"][cloud]["uplink"]
+    run("ip", "-n", switch, "link", "set", uplink, state)
 
 
 class Underlay:
@@ -132,28 +122,6 @@ class Underlay:
         run("ip", "-n", name, "link", "set", "br0", "up")
         return name
 
-    @staticmethod
-    def _cable(switch: str, port: str, host: str, dev: str, address: str) -> None:
-        """A veth from the switch's bridge (`port`) to `dev` in `host`, with `address`."""
-        run(
-            "ip",
-            "-n",
-            switch,
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            dev,
-            "netns",
-            host,
-        )
-        run("ip", "-n", switch, "link", "set", port, "master", "br0", "up")
-        run("ip", "-n", host, "addr", "add", address, "dev", dev)
-        run("ip", "-n", host, "link", "set", dev, "up")
-
     def build(self) -> dict:
         public = ipaddress.ip_network(self.spec["public"])
         pub = self._switch("pub")
@@ -162,9 +130,9 @@ class Underlay:
         for i, (cloud, env) in enumerate(self.spec["environments"].items(), 1):
             switch, router = self._switch(f"sw{i}"), self._ns(f"r{i}")
             lan = ipaddress.ip_network(env["cidr"])
-            self._cable(switch, "gw", router, "lan0", f"{env['gateway']}/{lan.prefixlen}")
+            cable(switch, "gw", router, "lan0", f"{env['gateway']}/{lan.prefixlen}")
             uplink = public.network_address + PUBLIC_FIRST_ROUTER + i - 1
-            self._cable(pub, f"up{i}", router, "pub0", f"{uplink}/{public.prefixlen}")
+            cable(pub, f"up{i}", router, "pub0", f"{uplink}/{public.prefixlen}")
             run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
             envs[cloud] = {
                 "switch": switch,

@@ -42,6 +42,18 @@ def entered(name: str) -> Iterator[None]:
             raise OSError(ctypes.get_errno(), "setns back to the test's own namespace")
 
 
+def cable(switch: str, port: str, host: str, dev: str, address: str, mac: str = "") -> None:
+    """A veth from the bridge `br0` of namespace `switch` (that end named `port`) to `dev` in
+    namespace `host`, up, with `address` (CIDR form) and `mac` if given. Both ends are made
+    inside namespaces: the machine's own namespace never sees them."""
+    run("ip", "-n", switch, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", host)
+    run("ip", "-n", switch, "link", "set", port, "master", "br0", "up")
+    if mac:
+        run("ip", "-n", host, "link", "set", dev, "address", mac)
+    run("ip", "-n", host, "addr", "add", address, "dev", dev)
+    run("ip", "-n", host, "link", "set", dev, "up")
+
+
 @dataclass
 class Host:
     name: str  # short role name: dcs, or the node name
@@ -84,25 +96,7 @@ class Network:
     def add_host(self, name: str, underlay: str) -> Host:
         host = Host(name, f"{self.run_id}-{name}", underlay, f"{self.veth_prefix}{len(self.hosts)}")
         self._add_ns(host.netns)
-        # Both veth ends are made inside namespaces: the host's namespace never sees them.
-        run(
-            "ip",
-            "-n",
-            self.switch,
-            "link",
-            "add",
-            host.veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            host.netns,
-        )
-        run("ip", "-n", self.switch, "link", "set", host.veth, "master", "br0", "up")
-        run("ip", "-n", host.netns, "addr", "add", f"{underlay}/{self.prefix_len}", "dev", "eth0")
-        run("ip", "-n", host.netns, "link", "set", "eth0", "up")
+        cable(self.switch, host.veth, host.netns, "eth0", f"{underlay}/{self.prefix_len}")
         self.hosts[name] = host
         return host
 
