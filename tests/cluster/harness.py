@@ -21,7 +21,7 @@ from infra import Infra
 from netns import Network
 from nodes import PG_BIN, Node
 from pgclient import Psql
-from processes import Started, Supervisor, alive, minimal_env
+from processes import Started, Supervisor, alive, boot_ticks, minimal_env, start_time
 from restapi import RestApi
 
 from tests.owned_netns import ns_path, owned_name, pids_in_netns
@@ -126,6 +126,7 @@ class Cluster:
     nodes: dict[str, Node] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    torn_down: int | None = None  # when the teardown began, in start_time's clock ticks
 
     def __post_init__(self) -> None:
         self.base = BASE / self.run_id
@@ -373,6 +374,7 @@ class Cluster:
     def teardown(self) -> list[str]:
         """End every process by PID, delete every namespace; return what is left (nothing)."""
         problems = []
+        self.torn_down = boot_ticks()
         # Patroni first and gently, so PostgreSQL is not left writing; then everything by force.
         for node in self.nodes.values():
             proc = node.services.get("patroni")
@@ -398,7 +400,13 @@ class Cluster:
             if os.path.exists(ns_path(name)):
                 found.append(f"namespace {name} exists")
         for name, inode in self.net.inodes.items():
-            found += [f"process {pid} in namespace {name}" for pid in pids_in_netns(inode)]
+            # A deleted namespace's number is reused by the next one made on the machine:
+            # a process started after the teardown is someone else's.
+            found += [
+                f"process {pid} in namespace {name}"
+                for pid in pids_in_netns(inode)
+                if self.torn_down is None or (start_time(pid) or 0) <= self.torn_down
+            ]
         base = str(self.base)
         for pid in os.listdir("/proc"):
             if not pid.isdigit() or int(pid) == os.getpid():

@@ -27,6 +27,11 @@ def start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def boot_ticks() -> int:
+    """Now, in the unit of start_time (clock ticks since boot)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+
+
 def alive(pid: int, started: int | None) -> bool:
     now = start_time(pid)
     if now is None or (started is not None and now != started):
