@@ -378,8 +378,9 @@ class Systemd:
 
     def start_all(self, names: list[str]) -> list[str]:
         """Start each in order; returns those that failed (systemd goes on with the others)."""
-        failed = []
-        for name in self.ordered(names):
+        failed = [name for name in names if name not in self.units]
+        self.notes += [f"Unit {name} not found." for name in failed]
+        for name in self.ordered([name for name in names if name in self.units]):
             try:
                 self.start(name)
             except UnitError as error:

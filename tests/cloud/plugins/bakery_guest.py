@@ -174,7 +174,7 @@ class GuestPlayingDriver(fake.FakeDriverWithoutFakeNodes):
     def _reap(self):
         for uuid, vm in list(self._vms.items()):
             if vm.poll() is not None:
-                del self._vms[uuid]
+                self._vms.pop(uuid, None)  # Nova calls drivers from several threads
 
     def _vm_running(self, uuid):
         self._reap()
