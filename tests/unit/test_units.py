@@ -128,6 +128,7 @@ def test_conditions_environment_files_oneshot_and_console(tmp_path):
     )
     assert systemd.start("skipped.service") is None
     assert not systemd.active("skipped.service")
+    assert systemd.start_all(["nope.service", "skipped.service"]) == ["nope.service"]
     assert systemd.start("show.service") is None  # a oneshot has run to its end
     assert lines == ["1 2|from file", "[  OK  ] Finished show.service - Show."]
     assert (tmp_path / "logs" / "show.log").read_text() == "1 2|from file\n"
