@@ -12,9 +12,11 @@ same code; its nodes are views of the guests (their disks, their namespaces), wh
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +228,16 @@ class LaunchedCluster(Cluster):
     def journal_lines(self, name: str, unit: str, text: str) -> int:
         """How many lines of the guest's journal of `unit` (guest.journal) hold `text`."""
         return sum(text in line for line in guest.journal(self.disk(name), unit).splitlines())
+
+    def keep_guest_files(self) -> None:
+        """Copy each guest's console and journals next to the outside's files (a failed test
+        wants them; deleting the servers removes their disks)."""
+        for name in self.servers:
+            with contextlib.suppress(Exception):  # a server may be gone, a disk half written
+                disk, kept = self.disk(name), self.base / "guests" / name
+                shutil.copytree(disk / "journal", kept / "journal")
+                for file in ("console.log", guest.GUEST, "state.json"):
+                    shutil.copy(disk / file, kept / file)
 
     def console(self, name: str) -> str:
         conn, server_id = self.servers[name]

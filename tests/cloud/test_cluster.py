@@ -59,10 +59,13 @@ def launched(cloud, released, tmp_path_factory, cloud_report, request):
         yield cluster
     finally:
         with teardown_first():
+            failed = request.session.testsfailed != failed_before
+            if failed:
+                cluster.keep_guest_files()  # before delete removes the disks
             for conn in conns.values():
                 remove_leftovers(conn, images=False)
             problems = cluster.teardown()
-            if problems or request.session.testsfailed != failed_before:
+            if problems or failed:
                 print(f"\ncloud tier: files of the outside of {cluster.run_id} in {cluster.base}")
             else:
                 cluster.remove_files()
