@@ -216,14 +216,15 @@ class LaunchedCluster(Cluster):
         )
         self.nodes[name] = wait_for(f"guest {name} booted", lambda: self._view(name), timeout)
 
-    def logged_at(self, name: str, unit: str, text: str) -> float:
-        """When the guest's unit last logged a line holding `text` (epoch seconds, from the
-        line's own `YYYY-MM-DD HH:MM:SS,mmm` time, the machine's local time)."""
-        lines = [line for line in guest.journal(self.disk(name), unit).splitlines() if text in line]
-        if not lines:
-            raise AssertionError(f"{name}'s {unit} never logged {text!r}")
-        stamp = dt.datetime.strptime(lines[-1][:23], "%Y-%m-%d %H:%M:%S,%f")
-        return stamp.timestamp()
+    def logged_at(self, name: str, unit: str, text: str, after: float) -> float:
+        """When the guest's unit first logged a line holding `text` at or after `after` (epoch
+        seconds, from the line's own `YYYY-MM-DD HH:MM:SS,mmm`, the machine's local time)."""
+        for line in guest.journal(self.disk(name), unit).splitlines():
+            if text in line:
+                at = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                if at >= after:
+                    return at
+        raise AssertionError(f"{name}'s {unit} never logged {text!r}")
 
     def journal_lines(self, name: str, unit: str, text: str) -> int:
         """How many lines of the guest's journal of `unit` (guest.journal) hold `text`."""
