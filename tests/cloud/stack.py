@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "down":
         stack.down()
         left = stack.leftovers()
+        for line in stack.swept:
+            print(f"swept {line}")
         print(f"cloud down; left: {left}")
         return 1 if any(left.values()) else 0
     else:
