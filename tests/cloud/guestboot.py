@@ -124,6 +124,11 @@ class VM:
             self.node.make_dirs()
             for problem in image.install(self.node.root):
                 self.note(f"image file not placed: {problem}")
+        # /run is a tmpfs: empty at every boot (a power cut leaves PostgreSQL's socket lock
+        # file there, naming a PID that may belong to someone else by now).
+        for left in (self.node.root / "run").rglob("*"):
+            if not left.is_dir():
+                left.unlink()
         self.node.boot()
         self.node.systemd.units = image.units
         run_state = read(self.disk, RUN) | {"holder": self.node.holder.pid}
