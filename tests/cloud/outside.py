@@ -167,6 +167,16 @@ class LaunchedCluster(Cluster):
         self.refresh()
         self.connect_clients(self.infra.host.netns)
 
+    def connect_clients(self, netns: str) -> None:
+        """As the cluster tier's, but with the operator's own copies of the CA and the client
+        certificate: a guest's disk goes with its server."""
+        super().connect_clients(netns)
+        kept = self.base / "client"
+        kept.mkdir(mode=0o700, exist_ok=True)
+        ca, cert, key = (shutil.copy(path, kept) for path in (self.ca, *self.rest.client_cert))
+        self.ca = self.rest.cafile = self.psql.cafile = ca
+        self.rest.client_cert = (cert, key)
+
     def refresh(self, timeout: float = 120) -> None:
         """A view of each running guest (its namespaces change at every boot)."""
         self.nodes.clear()
