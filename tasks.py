@@ -9,6 +9,8 @@ INVOKE_BAKERY_* variables); BAKERY_DEBUG=1 shows tracebacks.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,9 +67,12 @@ _clear_yaml_errors()
 
 
 def _settings(c):
-    from bakery.config import load_settings
+    from bakery.config import config_warnings, load_settings
 
-    return load_settings(_plain(c.config.get("bakery")))
+    settings = load_settings(_plain(c.config.get("bakery")))
+    for warning in config_warnings(settings):
+        print(f"bakery: warning: {warning}", file=sys.stderr)
+    return settings
 
 
 @task(
@@ -80,19 +85,29 @@ def _settings(c):
 def render(c, az, out="out/render"):
     """Render every node's bundle and user-data, without any cloud access."""
     with _reported(c):
-        from bakery.node.render import check_output, render_cluster, write_bundles
+        from bakery.node.render import (
+            check_output,
+            prometheus_files,
+            render_cluster,
+            write_bundles,
+        )
 
         settings = _settings(c)
         check_output(Path(out))
         bundles = render_cluster(settings, az)
-        write_bundles(bundles, Path(out), settings.cluster.scope)
+        extra = prometheus_files(settings, bundles)
+        write_bundles(bundles, Path(out), settings.cluster.scope, extra)
         for bundle in bundles:
             print(
                 f"{bundle.node.name}: {len(bundle.files)} files, services "
                 f"{', '.join(bundle.services)}, user-data {bundle.user_data_base64_size} "
                 "bytes in base64"
             )
-        print(f"rendered {len(bundles)} node(s) into {out}")
+        print(f"rendered {len(bundles)} node(s) into {out} (Prometheus targets: {out}/prometheus)")
+        if settings.cluster.restore is not None:
+            from bakery.node.backup import describe_restore
+
+            print(describe_restore(settings))
 
 
 @task
@@ -201,8 +216,15 @@ def rebuild(c, force=False, dry_run=False):
                 print(f"{label}: {'would delete' if dry_run else 'deleted'} {', '.join(names)}")
 
 
+_PROGRESS = threading.Lock()
+
+
 def _progress(line: str) -> None:
-    print(f"bakery: {line}", flush=True)
+    """One whole line at a time: environments that work in parallel log from their own
+    threads, and print() writes a line and its newline separately."""
+    with _PROGRESS:
+        sys.stdout.write(f"bakery: {line}\n")
+        sys.stdout.flush()
 
 
 ns = Collection(render, ca, check, bake, launch, rebuild)

@@ -117,3 +117,9 @@ def tree(path: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
     }
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the configuration's warnings (`bakery: warning: ...`), which every task
+    prints first: tests of an error's exact wording compare only what the error says."""
+    return [line for line in stderr.splitlines() if not line.startswith("bakery: warning: ")]

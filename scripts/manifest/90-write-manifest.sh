@@ -53,7 +53,8 @@ if os.path.exists(venv_python):
     versions = json.loads(run(venv_python, "-c", code) or "{}")
     components["patroni"] = {"version": versions.get("patroni"), "venv": env["BAKERY_PATRONI_VENV"]}
     components["psycopg2"] = {"version": versions.get("psycopg2-binary")}
-for name in ("pgbackrest", "nebula", "cloud-init"):
+for name in ("pgbackrest", "nebula", "cloud-init", "prometheus-node-exporter",
+             "prometheus-postgres-exporter"):
     if deb(name):
         components[name] = {"package": deb(name)}
 if os.path.exists("/usr/local/bin/consul"):

@@ -82,7 +82,8 @@ def check_envfile(text: str, context: dict) -> None:
 
 
 def parse_envfile(text: str) -> dict[str, str]:
-    """Parse KEY="value" lines as systemd does for the values bakery writes."""
+    """Parse KEY="value" lines as systemd does for the values bakery writes (and KEY='value',
+    as Debian's /etc/default files have them)."""
     values = {}
     # systemd splits on "\n" only; str.splitlines would also split on U+0085, U+2028, ...
     for line in text.split("\n"):
@@ -99,22 +100,47 @@ def parse_envfile(text: str) -> dict[str, str]:
                 out.append(body[i])
                 i += 1
             values[key] = "".join(out)
+        elif raw.startswith("'") and raw.endswith("'") and len(raw) >= 2:
+            values[key] = raw[1:-1]  # single quotes: literal (Debian's /etc/default files)
         else:
             values[key] = raw
     return values
 
 
-def check_ini(text: str, context: dict) -> None:
-    what = f"pgbackrest.conf of {context['node'].name}"
+def check_exporters_env(text: str, context: dict) -> None:
+    """The exporters listen where the bundle says and read the password from its file."""
+    what = f"exporters.env of {context['node'].name}"
+    values = parse_envfile(text)
+    exporters = context["exporters"]
+    for key, port in (
+        ("NODE_EXPORTER_LISTEN", exporters.node_port),
+        ("POSTGRES_EXPORTER_LISTEN", exporters.postgres_port),
+    ):
+        _expect(what, values.get(key), f"{exporters.listen}:{port}", key)
+    _expect(
+        what, values.get("DATA_SOURCE_PASS_FILE"), exporters.password_file, "DATA_SOURCE_PASS_FILE"
+    )
+    if "DATA_SOURCE_PASS" in values or "DATA_SOURCE_NAME" in values:
+        raise _fail(what, "a password or a DSN appears in it (the password has its own file)")
+
+
+def check_pgbackrest(
+    text: str, what: str, stanza: str, options: dict[str, str], pg_path: str
+) -> None:
+    """A pgBackRest file: the [global] options meant (some are secrets: never shown), and the
+    stanza's data directory."""
     parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep option names
     try:
         parser.read_string(text)
     except configparser.Error as error:
         raise _fail(what, f"not a valid INI file ({error})") from None
-    stanza = context["cluster"].scope
+    for name, value in options.items():
+        if parser.get("global", name, fallback=None) != value:
+            raise _fail(what, f"global.{name} is not what was meant")
     if not parser.has_section(stanza):
         raise _fail(what, f"no [{stanza}] stanza")
-    _expect(what, parser.get(stanza, "pg1-path"), context["paths"].data_dir, f"{stanza}.pg1-path")
+    _expect(what, parser.get(stanza, "pg1-path", fallback=None), pg_path, f"{stanza}.pg1-path")
 
 
 def check_nebula(text: str, context: dict) -> None:
@@ -128,6 +154,9 @@ def check_nebula(text: str, context: dict) -> None:
         "lighthouse.hosts",
     )
     _expect(what, data.get("tun", {}).get("dev"), "nebula1", "tun.dev")
+    inbound = data.get("firewall", {}).get("inbound") or []
+    scoped = [rule for rule in inbound if "cidr" in rule]
+    _expect(what, scoped, context["monitoring_rules"], "firewall.inbound rules with a cidr")
 
 
 def load_hcl(text: str) -> dict:

@@ -67,6 +67,25 @@ class Cleanup:
         return inner.leftovers
 
 
+def run_in_parallel(groups: list[tuple[Cleanup, ...]]) -> None:
+    """Run independent cleanups at once (one group per cloud environment: their releases
+    wait on different clouds), each group's cleanups one after the other. Returns when all
+    are done; failures are in each cleanup's `leftovers`."""
+    threads = [
+        threading.Thread(target=_run_each, args=(group,), name="cleanup", daemon=True)
+        for group in groups
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _run_each(group: tuple[Cleanup, ...]) -> None:
+    for cleanup in group:
+        cleanup.run()
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interrupt so that the same cleanup runs as for Ctrl-C."""
 

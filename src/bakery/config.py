@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     Field,
     StringConstraints,
     ValidationError,
@@ -133,6 +135,11 @@ class Consul(Model):
     ca_cert: Path | None = None
     ca_key: Path | None = None
     http_port: PortNumber = 8500
+    # dnsmasq on the node forwards `.consul` names to the local agent (docs/monitoring.md).
+    dns_forwarding: bool = True
+    # The token the agent answers DNS queries with (service, node and query read); without
+    # it, the anonymous token must allow those reads for DNS to answer.
+    dns_token: SecretSource | None = None
 
 
 class Etcd3(Model):
@@ -198,25 +205,112 @@ class Postgresql(Model):
 class PosixRepo(Model):
     type: Literal["posix"]
     path: Path = Path("/var/lib/pgbackrest")
+    # The path is a file system every node mounts (NFS, CephFS...). Without it, each node's
+    # repository is its own disk: archiving breaks at the first failover, and a new cluster
+    # cannot be restored from it.
+    shared: bool = False
+
+
+# A host name for the S3 endpoint: pgBackRest 2.45 verifies certificates by DNS name only.
+HostName = Annotated[
+    str,
+    StringConstraints(
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$",
+    ),
+]
 
 
 class S3Repo(Model):
     type: Literal["s3"]
     bucket: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
-    endpoint: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.:-]{1,253}$")]
+    endpoint: HostName
+    port: PortNumber = 443
     region: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    uri_style: Literal["host", "path"] = "host"
     path: Path = Path("/pgbackrest")
+    # The CA that signed the endpoint's certificate (PEM, delivered to the nodes); without it
+    # the system's trust store is used.
+    ca_file: Path | None = None
+    verify_tls: bool = True
     key: SecretSource
     key_secret: SecretSource
 
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _host_only(cls, value: Any) -> Any:
+        if isinstance(value, str) and ("://" in value or ":" in value or "/" in value):
+            raise ValueError(
+                "give the host name only: no scheme, port or path (the port is repo.port)"
+            )
+        if isinstance(value, str) and _is_ip_address(value):
+            raise ValueError(
+                "an IP address: pgBackRest 2.45 checks certificates by DNS name only; "
+                "give the endpoint's host name"
+            )
+        return value
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+Repository = Annotated[PosixRepo | S3Repo, Field(discriminator="type")]
+# systemd OnCalendar expressions ("Sun *-*-* 01:00:00", "daily"); `systemd-analyze calendar`
+# checks them in the render tier. One line, none of the characters a unit file would misread.
+Calendar = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 ,.:*/~+_-]{1,100}$")]
+
+
+class BackupSchedule(Model):
+    """When the backup timers fire on every node; only the leader's job backs up."""
+
+    full: Calendar = "Sun *-*-* 01:00:00"
+    diff: Calendar | None = "Mon..Sat *-*-* 01:00:00"
+
 
 class PgBackRest(Model):
-    repo: Annotated[PosixRepo | S3Repo, Field(discriminator="type")] = PosixRepo(type="posix")
+    repo: Repository = PosixRepo(type="posix")
+    # repo1-cipher-type=aes-256-cbc with a passphrase generated into the state directory.
+    encryption: bool = False
     retention_full: Annotated[int, Field(ge=1, le=99)] = 2
-    # WAL archiving to the repository. Off by default: a posix repository on one node's disk
-    # is not reachable after a failover, and an archive_command that fails keeps WAL forever.
-    # Turn it on with a shared repository (S3, or a shared mount).
-    archive: bool = False
+    retention_diff: Annotated[int, Field(ge=1, le=99)] | None = None
+    # WAL archiving to the repository; default: on when every node reaches the repository
+    # (s3, or a shared posix mount). A node-local repository is not reachable after a failover,
+    # and an archive_command that fails keeps WAL forever.
+    archive: bool | None = None
+    # Scheduled backups (needs archiving); null turns the timers off.
+    schedule: BackupSchedule | None = BackupSchedule()
+
+    @property
+    def shared(self) -> bool:
+        """Every node reaches the same repository."""
+        return self.repo.type == "s3" or self.repo.shared
+
+    @property
+    def archiving(self) -> bool:
+        return self.shared if self.archive is None else self.archive
+
+    @property
+    def scheduled(self) -> bool:
+        return self.archiving and self.schedule is not None
+
+
+class Restore(Model):
+    """Bootstrap a new cluster from a repository instead of initdb."""
+
+    # The stanza (the scope of the cluster the backups came from); default: cluster.scope.
+    from_scope: Label | None = None
+    # Recover to this moment (with a UTC offset); without it, to the end of the archived WAL.
+    target_time: AwareDatetime | None = None
+    # The source's repository, when it is not this cluster's own.
+    repo: Repository | None = None
+    # The source repository's passphrase, when `repo` is given and encrypted.
+    cipher_pass: SecretSource | None = None
 
 
 class Cluster(Model):
@@ -227,6 +321,7 @@ class Cluster(Model):
     patroni: PatroniTimings = PatroniTimings()
     postgresql: Postgresql
     pgbackrest: PgBackRest = PgBackRest()
+    restore: Restore | None = None
 
 
 class Pki(Model):
@@ -254,6 +349,18 @@ class Overlay(Model):
     groups: list[Label] = ["postgres"]
 
 
+class Monitoring(Model):
+    """Metrics exporters on every node, and who may scrape them."""
+
+    # node_exporter and postgres_exporter (Debian packages in the image), started at first boot.
+    exporters: bool = True
+    # The address the exporters listen on: the overlay's (the default when there is one) or
+    # the private network's.
+    listen: Literal["overlay", "private"] | None = None
+    # Where Prometheus scrapes from; default: cluster.postgresql.allowed_networks.
+    networks: list[IPv4Net] | None = None
+
+
 class Settings(Model):
     state_dir: Path = Path(".bakery")
     # Templates here are used instead of the project's own of the same name.
@@ -264,6 +371,7 @@ class Settings(Model):
     cluster: Cluster
     pki: Pki
     overlay: Overlay = Overlay()
+    monitoring: Monitoring = Monitoring()
 
 
 def load_settings(raw: Mapping[str, Any] | None) -> Settings:
@@ -276,7 +384,10 @@ def load_settings(raw: Mapping[str, Any] | None) -> Settings:
         settings = Settings.model_validate(dict(raw))
     except ValidationError as error:
         raise ConfigError(
-            [problem_of(e, "bakery", "examples/", _SECRET_FIELDS) for e in error.errors()]
+            [
+                problem_of(_untagged(e), "bakery", "examples/", _SECRET_FIELDS)
+                for e in error.errors()
+            ]
         ) from None
     problems = topology_problems(settings)
     if problems:
@@ -284,8 +395,18 @@ def load_settings(raw: Mapping[str, Any] | None) -> Settings:
     return settings
 
 
+def _untagged(error: Any) -> Any:
+    """pydantic names the chosen variant of a repository in the path (`repo.s3.bucket`); the
+    user wrote `repo.bucket`."""
+    loc = list(error["loc"])
+    for i in range(len(loc) - 1, 0, -1):
+        if loc[i - 1] == "repo" and loc[i] in ("s3", "posix"):
+            del loc[i]
+    return {**error, "loc": tuple(loc)}
+
+
 # Fields that carry a secret source: a secret written inline by mistake is never echoed.
-_SECRET_FIELDS = {"gossip_key", "acl_token", "key", "key_secret"}
+_SECRET_FIELDS = {"gossip_key", "acl_token", "dns_token", "key", "key_secret", "cipher_pass"}
 
 
 def topology_problems(settings: Settings) -> list[Problem]:
@@ -308,6 +429,8 @@ def topology_problems(settings: Settings) -> list[Problem]:
         problems += dcs_survival_problems(settings, list(settings.azs))
     problems += _overlay_problems(settings)
     problems += _name_problems(settings)
+    problems += _backup_problems(settings)
+    problems += _monitoring_problems(settings)
     return problems
 
 
@@ -376,6 +499,10 @@ def _dcs_problems(settings: Settings) -> list[Problem]:
         problems.append(
             Problem(f"{where}.consul", "required when type is 'consul' (at least datacenter)")
         )
+    if dcs.consul is not None and dcs.consul.dns_token and not dcs.consul.acl_token:
+        problems.append(
+            Problem(f"{where}.consul.dns_token", "set, but acl_token is not: ACLs are off")
+        )
     return problems
 
 
@@ -438,6 +565,119 @@ def _name_problems(settings: Settings) -> list[Problem]:
             Problem(
                 "bakery.cluster.name_prefix",
                 f"node names would be {length} characters; a host name allows 63",
+            )
+        ]
+    return []
+
+
+def _backup_problems(settings: Settings, now: datetime | None = None) -> list[Problem]:
+    """Backups that would not survive what they are for, and restores that cannot work."""
+    backup = settings.cluster.pgbackrest
+    where = "bakery.cluster.pgbackrest"
+    problems = []
+    if backup.archive and not backup.shared and len(settings.azs) > 1:
+        problems.append(
+            Problem(
+                f"{where}.archive",
+                "WAL archiving into a posix repository on each node's own disk, with nodes in "
+                f"{len(settings.azs)} AZs: after a failover the new leader's repository has no "
+                "stanza and WAL piles up; use an s3 repository (or repo.shared: true for a file "
+                "system every node mounts)",
+            )
+        )
+    if "schedule" in backup.model_fields_set and backup.schedule and not backup.archiving:
+        problems.append(
+            Problem(
+                f"{where}.schedule",
+                "set, but WAL archiving is off: backups need it (archive: true, with a "
+                "repository every node reaches)",
+            )
+        )
+    restore = settings.cluster.restore
+    if restore is None:
+        return problems
+    where = "bakery.cluster.restore"
+    source = restore.repo or backup.repo
+    if source.type == "posix" and not source.shared:
+        problems.append(
+            Problem(
+                f"{where}.repo" if restore.repo else where,
+                "the source is a posix repository on a node's own disk, which a new cluster "
+                "cannot reach: restore from s3 (or a posix repository with shared: true)",
+            )
+        )
+    if restore.cipher_pass is not None and restore.repo is None:
+        problems.append(
+            Problem(
+                f"{where}.cipher_pass",
+                "set, but restore.repo is not: the source is this cluster's own repository, "
+                "whose passphrase bakery keeps (pgbackrest.encryption)",
+            )
+        )
+    now = now or datetime.now(UTC)
+    if restore.target_time is not None and restore.target_time > now:
+        problems.append(
+            Problem(
+                f"{where}.target_time",
+                f"{restore.target_time.isoformat()} is in the future: recovery would never "
+                "reach it",
+            )
+        )
+    return problems
+
+
+def config_warnings(settings: Settings) -> list[Problem]:
+    """What is allowed but probably not meant: printed by `check`, `render` and `launch`."""
+    backup = settings.cluster.pgbackrest
+    where = "bakery.cluster.pgbackrest"
+    warnings = []
+    if backup.repo.type == "posix" and len(settings.azs) > 1:
+        warnings.append(
+            Problem(
+                f"{where}.repo",
+                "a posix repository does not survive losing an AZ (it lives on a node's disk, "
+                "or on one site's shared mount); use an s3 repository for a multi-AZ cluster",
+            )
+        )
+    restore = settings.cluster.restore
+    for label, repo in (("repo", backup.repo), ("restore.repo", restore and restore.repo)):
+        if repo is not None and repo.type == "s3" and not repo.verify_tls:
+            prefix = "bakery.cluster" if label.startswith("restore") else where
+            warnings.append(
+                Problem(
+                    f"{prefix}.{label}.verify_tls",
+                    "false: the repository's certificate is not checked, so anyone on the way "
+                    "can read and change the backups",
+                )
+            )
+    if restore is not None and (restore.from_scope or settings.cluster.scope) == (
+        settings.cluster.scope
+    ):
+        warnings.append(
+            Problem(
+                "bakery.cluster.restore.from_scope",
+                f"the new cluster takes the source's scope {settings.cluster.scope!r}: the old "
+                "cluster's keys must be gone from the DCS first (patronictl remove), or "
+                "Patroni will not bootstrap; a new scope avoids that",
+            )
+        )
+    return warnings
+
+
+def _monitoring_problems(settings: Settings) -> list[Problem]:
+    monitoring = settings.monitoring
+    if monitoring.listen == "overlay" and settings.overlay.type == "none":
+        return [
+            Problem(
+                "bakery.monitoring.listen",
+                "'overlay', but overlay.type is 'none': use 'private' (or leave it unset)",
+            )
+        ]
+    if monitoring.exporters and monitoring.networks == []:
+        return [
+            Problem(
+                "bakery.monitoring.networks",
+                "empty: nobody could scrape; set monitoring.exporters: false instead",
             )
         ]
     return []

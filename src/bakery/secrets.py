@@ -1,6 +1,7 @@
 """Secrets: generated on first use, stored 0600 in the state directory, never printed.
 
-Passwords bakery owns (superuser, replication, rewind, REST API, admin) come from
+Passwords bakery owns (superuser, replication, rewind, REST API, admin, monitor; the pgBackRest
+repository passphrase when encryption is on) come from
 BAKERY_<NAME>_PASSWORD when set, else from `<state_dir>/secrets/<name>`, created on first use.
 Secrets the user owns (Consul gossip key, ACL token, S3 keys) come from the environment variable
 or file the config names. A Secret's repr never shows its value, so it cannot leak into a log
@@ -22,7 +23,9 @@ from .config import SecretSource
 from .errors import BakeryError
 from .files import write_private
 
-PASSWORD_NAMES = ("superuser", "replication", "rewind", "restapi", "admin")
+PASSWORD_NAMES = ("superuser", "replication", "rewind", "restapi", "admin", "monitor")
+# Generated like the passwords, but only when the configuration asks for them.
+OPTIONAL_NAMES = ("repo_cipher",)  # pgBackRest's repository passphrase (pgbackrest.encryption)
 PASSWORD_LENGTH = 40
 
 
@@ -48,7 +51,7 @@ class SecretStore:
         self.environ = os.environ if environ is None else environ
 
     def password(self, name: str) -> Secret:
-        if name not in PASSWORD_NAMES:
+        if name not in PASSWORD_NAMES + OPTIONAL_NAMES:
             raise ValueError(f"unknown password {name!r}")
         from_env = self.environ.get(f"BAKERY_{name.upper()}_PASSWORD")
         if from_env:
@@ -59,6 +62,10 @@ class SecretStore:
         value = generate_password()
         write_private(path, value + "\n")
         return Secret(value)
+
+    def exists(self, name: str) -> bool:
+        """Whether a generated secret has been stored (without creating it)."""
+        return (self.directory / name).exists()
 
     def scram_verifier(self, name: str) -> str:
         """The password's SCRAM verifier, kept beside it so that re-renders do not change it."""

@@ -31,6 +31,17 @@ class CloudTier:
     admin_cloud: str
     info: dict = field(repr=False)
 
+    @classmethod
+    def of(cls, info: dict) -> CloudTier:
+        """The tier as a stack's provisioned.json (`Stack.up()`, `Stack.info()`) describes it."""
+        return cls(
+            clouds_yaml=Path(info["clouds_yaml"]),
+            clouds=tuple(info["clouds"]),
+            admin_clouds_yaml=Path(info["admin_clouds_yaml"]),
+            admin_cloud=info["admin_cloud"],
+            info=info,
+        )
+
     def connect(self, cloud: str) -> openstack.connection.Connection:
         """A connection through the generated clouds.yaml (or the admin one)."""
         path = self.admin_clouds_yaml if cloud == self.admin_cloud else self.clouds_yaml
@@ -56,13 +67,7 @@ def cloud(request) -> CloudTier:
         else:
             info = stack.up(fresh=not keep)
         _report(request.config, info)
-        yield CloudTier(
-            clouds_yaml=Path(info["clouds_yaml"]),
-            clouds=tuple(info["clouds"]),
-            admin_clouds_yaml=Path(info["admin_clouds_yaml"]),
-            admin_cloud=info["admin_cloud"],
-            info=info,
-        )
+        yield CloudTier.of(info)
     finally:
         # A SIGTERM (tests/conftest.py) lands here as KeyboardInterrupt, or waits for the stop.
         with teardown_first():

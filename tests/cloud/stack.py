@@ -150,7 +150,11 @@ class Stack:
         since = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
 
         def rabbit() -> None:
-            self._run("epmd", "rabbitmq")
+            # RabbitMQ's start scripts run Erlang helpers that start an `epmd -daemon` of their
+            # own (outside the stop's reach) when ours does not answer yet: seen under load.
+            self._run("epmd")
+            self._wait_port("epmd", timeout=30)
+            self._run("rabbitmq")
             self._wait_port("rabbitmq", timeout=60)
             self._mark("rabbitmq answers")
 

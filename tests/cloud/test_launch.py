@@ -12,6 +12,7 @@ from cryptography import x509
 from bakery.cloud.launch import launch
 from bakery.config import load_settings
 from bakery.node.bundle import NodePaths
+from tests.helpers import error_lines
 
 from .workflow import cluster_config, own_images, remove_leftovers, run_task
 
@@ -111,7 +112,7 @@ def test_bad_input_anywhere_creates_nothing(cloud, envs, tmp_path):
     finally:
         env1.network.delete_port(squatter)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [
+    assert error_lines(result.stderr) == [
         "bakery: nothing was created; fix these first:",
         f"  AZ a (environment e1): address 192.0.2.50 is taken by port {squatter.id}",
         "  AZ b (environment e2): no key pair 'nobody'",

@@ -18,9 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import FACTS, RUNS, Cluster  # noqa: E402
+from harness import BASE, FACTS, RUNS, Cluster  # noqa: E402
+from s3 import S3Server  # noqa: E402
 
-from tests.owned_netns import report_sweep  # noqa: E402
+from tests.owned_netns import owned_name, report_sweep  # noqa: E402
 from tests.sigterm import teardown_first  # noqa: E402
 
 REQUIRED = [
@@ -45,24 +46,34 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def make_cluster(
-    request: pytest.FixtureRequest, overrides: dict | None = None
+    request: pytest.FixtureRequest,
+    overrides: dict | None = None,
+    s3: S3Server | None = None,
+    start: bool = True,
+    label: str | None = None,
 ) -> Iterator[Cluster]:
-    cluster = Cluster(dict(overrides or {}))
+    cluster = Cluster(dict(overrides or {}), s3=s3)
     failed_before = request.session.testsfailed
+    failed = False
     try:
         cluster.build()
-        cluster.start()
-        what = overrides or "shipped defaults"
-        FACTS.append(
-            f"cluster {cluster.run_id} ({what}): leader after {cluster.times['leader']:.1f} s, "
-            f"replica streaming after {cluster.times['streaming']:.1f} s"
-        )
+        if start:
+            cluster.start()
+            what = label or overrides or "shipped defaults"
+            FACTS.append(
+                f"cluster {cluster.run_id} ({what}): leader after "
+                f"{cluster.times['leader']:.1f} s, replica streaming after "
+                f"{cluster.times['streaming']:.1f} s"
+            )
         yield cluster
+    except BaseException:
+        failed = True  # a test using the cluster directly threw its failure in (restore)
+        raise
     finally:
         with teardown_first():
             problems = cluster.teardown()
             _leaks.extend(problems)
-            if problems or request.session.testsfailed != failed_before:
+            if problems or failed or request.session.testsfailed != failed_before:
                 print(f"\ncluster tier: files of run {cluster.run_id} kept in {cluster.base}")
             else:
                 shutil.rmtree(cluster.base, ignore_errors=True)
@@ -74,6 +85,26 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The cluster with the shipped Patroni defaults, shared by the modules that use it: each
     test starts by waiting until it is healthy again."""
     yield from make_cluster(request)
+
+
+@pytest.fixture(scope="session")
+def s3(request: pytest.FixtureRequest) -> Iterator[S3Server]:
+    """The session's S3 server (SeaweedFS over TLS, s3.py), started by the first test that
+    needs it; it serves one cluster run at a time."""
+    server = S3Server(BASE / owned_name("t").replace("bkt-", "s3-"))
+    failed_before = request.session.testsfailed
+    try:
+        server.start()
+        yield server
+    finally:
+        with teardown_first():
+            problems = server.stop()
+            _leaks.extend(problems)
+            if problems or request.session.testsfailed != failed_before:
+                print(f"\ncluster tier: files of the S3 server kept in {server.base}")
+            else:
+                shutil.rmtree(server.base, ignore_errors=True)
+            assert not problems, f"the S3 server left things behind: {problems}"
 
 
 @pytest.fixture(scope="module")

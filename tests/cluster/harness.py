@@ -21,7 +21,7 @@ from infra import Infra
 from netns import Network
 from nodes import PG_BIN, Node
 from pgclient import Psql
-from processes import Started, Supervisor, alive, boot_ticks, minimal_env, start_time
+from processes import Started, Supervisor, alive, minimal_env, start_time
 from restapi import RestApi
 
 from tests.owned_netns import ns_path, owned_name, pids_in_netns
@@ -126,7 +126,8 @@ class Cluster:
     nodes: dict[str, Node] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
-    torn_down: int | None = None  # when the teardown began, in start_time's clock ticks
+    # The session's S3 server (s3.py), plugged into this run's switch when given.
+    s3: Any = None
 
     def __post_init__(self) -> None:
         self.base = BASE / self.run_id
@@ -156,11 +157,15 @@ class Cluster:
         if dcs_member != lighthouse["overlay_address"]:
             raise ValueError("cluster.yaml: the etcd member must sit at the lighthouse's address")
         self.net.create_switch()
+        hosts = {}
+        if self.s3 is not None:
+            self.s3.attach(self.net)
+            hosts = self.s3.hosts()
         dcs = self.net.add_host("dcs", DCS_UNDERLAY)
         self.net.add_host("out", OUTSIDER_UNDERLAY)
         for bundle in self.bundles:
             host = self.net.add_host(bundle.az, bundle.underlay)
-            node = Node(bundle, host, self.base / "nodes" / bundle.name, self.sup)
+            node = Node(bundle, host, self.base / "nodes" / bundle.name, self.sup, hosts=hosts)
             node.lay_out()
             self.nodes[bundle.name] = node
         prefix = int(overlay["cidr"].split("/")[1])
@@ -206,6 +211,8 @@ class Cluster:
         t0 = time.monotonic()
         for node in self.nodes.values():
             node.start_patroni()
+        for node in self.nodes.values():
+            node.start_exporters()
         self.times["leader"] = self.wait_leader(60)[1] - t0
         self.times["streaming"] = self.wait_streaming(120)[1] - t0
 
@@ -374,7 +381,8 @@ class Cluster:
     def teardown(self) -> list[str]:
         """End every process by PID, delete every namespace; return what is left (nothing)."""
         problems = []
-        self.torn_down = boot_ticks()
+        if self.s3 is not None and self.s3.attached is self.net:
+            self.s3.detach()
         # Patroni first and gently, so PostgreSQL is not left writing; then everything by force.
         for node in self.nodes.values():
             proc = node.services.get("patroni")
@@ -400,12 +408,10 @@ class Cluster:
             if os.path.exists(ns_path(name)):
                 found.append(f"namespace {name} exists")
         for name, inode in self.net.inodes.items():
-            # A deleted namespace's number is reused by the next one made on the machine:
-            # a process started after the teardown is someone else's.
             found += [
                 f"process {pid} in namespace {name}"
                 for pid in pids_in_netns(inode)
-                if self.torn_down is None or (start_time(pid) or 0) <= self.torn_down
+                if self._started_before_deletion(pid)
             ]
         base = str(self.base)
         for pid in os.listdir("/proc"):
@@ -428,6 +434,14 @@ class Cluster:
             f"link left: {line[:80]}" for line in links.stdout.splitlines() if self.run_id in line
         ]
         return found
+
+    def _started_before_deletion(self, pid: int) -> bool:
+        """A process started after the run's namespaces were deleted sits in another
+        namespace that got a freed inode number again: not the run's."""
+        if self.net.deleted_at is None:
+            return True
+        started = start_time(pid)
+        return started is not None and started <= self.net.deleted_at
 
     def remove_files(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)

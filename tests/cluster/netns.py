@@ -13,6 +13,8 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from processes import boot_ticks
+
 from tests.owned_netns import ns_inode, ns_path, remove
 
 CLONE_NEWNET = 0x40000000
@@ -77,6 +79,9 @@ class Network:
     # instead of one of the run's own; `veth_prefix` keeps the run's cables apart on it.
     shared_switch: str | None = None
     veth_prefix: str = "v"
+    # When delete() was done: the kernel hands a deleted namespace's inode number to new
+    # namespaces (other test runs' too), whose processes all start later.
+    deleted_at: int | None = None
 
     @property
     def switch(self) -> str:
@@ -96,9 +101,13 @@ class Network:
     def add_host(self, name: str, underlay: str) -> Host:
         host = Host(name, f"{self.run_id}-{name}", underlay, f"{self.veth_prefix}{len(self.hosts)}")
         self._add_ns(host.netns)
-        cable(self.switch, host.veth, host.netns, "eth0", f"{underlay}/{self.prefix_len}")
+        self.plug(host.netns, host.veth, underlay)
         self.hosts[name] = host
         return host
+
+    def plug(self, netns: str, veth: str, underlay: str) -> None:
+        """Connect namespace `netns` to the bridge as `eth0` with the address `underlay`."""
+        cable(self.switch, veth, netns, "eth0", f"{underlay}/{self.prefix_len}")
 
     def route(self, name: str, cidr: str, via: str) -> None:
         """A route from host `name` to `cidr` through a router on its segment."""
@@ -117,4 +126,5 @@ class Network:
         errors = []
         for name in reversed(self.created):
             errors += remove(name)
+        self.deleted_at = boot_ticks()
         return errors

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bundle import NodeBundle, parse_envfile, place
+import exporters
+from bundle import REPO, NodeBundle, parse_envfile, place
 from netns import Host
 from processes import Started, Supervisor, alive, minimal_env
 from units import Systemd
@@ -42,6 +44,12 @@ NODE_DIRS = [
     ("/var/spool/pgbackrest", "postgres", 0o750),
     ("/run/postgresql", "postgres", 0o2775),
     ("/tmp", "root", 0o1777),
+    # The backup job (as the pgbackrest element installs it), its status directory, and the
+    # timers' schedule drop-ins the bundle writes.
+    ("/usr/lib/bakery/pgbackrest", "root", 0o755),
+    ("/var/lib/bakery/status", "root:postgres", 0o775),
+    ("/etc/systemd/system", "root", 0o755),
+    ("/etc/bakery/monitoring", "root", 0o755),
 ]
 # What is bind-mounted from the node root (a subdirectory of one of these is carried along).
 MOUNTS = [
@@ -54,7 +62,14 @@ MOUNTS = [
     "/var/spool/pgbackrest",
     "/run/postgresql",
     "/tmp",
+    "/usr/lib/bakery/pgbackrest",
+    "/var/lib/bakery/status",
+    "/etc/systemd/system",
+    "/etc/bakery/monitoring",
 ]
+# Files bind-mounted from the node root: the node's own name resolution.
+FILE_MOUNTS = ["/etc/hosts"]
+BACKUP_JOB = REPO / "scripts" / "pgbackrest" / "files" / "bakery-pgbackrest"
 
 
 def _run(argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
@@ -71,6 +86,8 @@ class Node:
     sup: Supervisor
     holder: Started | None = None
     services: dict[str, Started] = field(default_factory=dict)
+    # Names the node resolves besides the host's /etc/hosts (the S3 endpoint).
+    hosts: dict[str, str] = field(default_factory=dict)
     # (source, target): further bind mounts inside the node (a guest's image directories and
     # console); a directory source is created on the host as its mount point.
     extra_mounts: list[tuple[str, str]] = field(default_factory=list)
@@ -98,18 +115,32 @@ class Node:
         for path, owner, mode in NODE_DIRS:
             d = self.root / path.lstrip("/")
             d.mkdir(parents=True, exist_ok=True)
-            uid, gid = (pg.pw_uid, pg.pw_gid) if owner == "postgres" else (0, 0)
+            uid, gid = {"postgres": (pg.pw_uid, pg.pw_gid), "root:postgres": (0, pg.pw_gid)}.get(
+                owner, (0, 0)
+            )
             os.chown(d, uid, gid)
             os.chmod(d, mode)
+        # The backup job as the pgbackrest element installs it, and the node's name resolution.
+        job = self.file("/usr/lib/bakery/pgbackrest/bakery-pgbackrest")
+        shutil.copyfile(BACKUP_JOB, job)
+        os.chmod(job, 0o755)  # noqa: S103 - as the image installs it
+        lines = [Path("/etc/hosts").read_text().rstrip("\n")]
+        lines += [f"{address} {name}" for name, address in self.hosts.items()]
+        self.file("/etc/hosts").write_text("\n".join(lines) + "\n")
 
     def lay_out(self) -> None:
         self.make_dirs()
-        # The harness starts what runcmd starts, in its order; it knows nebula and patroni.
+        # The harness starts what runcmd starts, in its order; it knows nebula and patroni,
+        # and the metrics services (exporters.py) when the bundle has them. The backup timers'
+        # jobs are run by the tests, as their units say (backup_jobs.py).
         runcmd = self.bundle.runcmd()
-        wanted = service_commands(["nebula.service", "patroni.service"])
-        if runcmd != wanted:
+        timers = [u for u in (runcmd[0] if runcmd else []) if u.endswith(".timer")]
+        known = ["nebula.service", "patroni.service", *timers]
+        wanted = [service_commands(known), service_commands([*known, *exporters.SERVICES])]
+        if runcmd not in wanted:
             raise RuntimeError(
-                f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then patroni)"
+                f"{self.name}: runcmd {runcmd} is not what the harness runs (nebula, then "
+                "patroni, then the metrics services)"
             )
         placed = place(self.bundle, self.root)
         unmounted = [p for p in placed if not any(p.startswith(m + "/") for m in MOUNTS)]
@@ -147,6 +178,7 @@ class Node:
             time.sleep(0.02)
         self.enter(["hostname", self.name])
         mounts = [(str(self.root / path.lstrip("/")), path) for path in MOUNTS]
+        mounts += [(str(self.file(path)), path) for path in FILE_MOUNTS]
         for src, path in mounts + self.extra_mounts:
             if Path(src).is_dir():
                 # The image has these directories; on a test machine /run is emptied at boot.
@@ -217,10 +249,15 @@ class Node:
         # patroni.service: user postgres, EnvironmentFile=-/etc/patroni/patroni.env.
         return self.start_unit("patroni.service")
 
+    def start_exporters(self) -> None:
+        """The scrape guard and the exporters, when the bundle enables them."""
+        exporters.start(self)
+
     def start(self) -> None:
         self.start_nebula()
         self.wait_overlay()
         self.start_patroni()
+        self.start_exporters()
 
     def running(self) -> bool:
         """Both services up: nebula, and patroni (which keeps PostgreSQL running)."""

@@ -4,12 +4,15 @@ Unit files are the truth: the cluster tier's nodes and the cloud tier's guests r
 the image installs (`scripts/<element>/files/*.service|*.timer`), read here, not described again
 by a harness. Honoured: User, Group, EnvironmentFile (`-`: optional), Environment,
 WorkingDirectory, ExecStartPre, ExecStart, ExecStop, ExecStopPost (`-`: a failure is ignored;
-`$VAR`, `${VAR}`, `$MAINPID`, `%n`), Type (simple, exec and notify start like simple; oneshot,
+`$VAR`, `${VAR}`, `$MAINPID`, `%n`, `%i`), Type (simple, exec and notify start like simple; oneshot,
 with RemainAfterExit), Condition{PathExists,PathIsDirectory,FileNotEmpty,FileIsExecutable}
 (with `!`), KillMode, KillSignal, SendSIGKILL, TimeoutSec/TimeoutStopSec, Restart and
 RestartSec (for a caller that polls), After/Before ordering, StandardOutput/StandardError
 (journal, and console or tty when the node has a console), and timers with monotonic triggers
-(OnBootSec, OnStartupSec, OnActiveSec, OnUnitActiveSec, OnUnitInactiveSec).
+(OnBootSec, OnStartupSec, OnActiveSec, OnUnitActiveSec, OnUnitInactiveSec). Units come from
+the elements, or from the distribution (installed here by the tiers' setup) where an element
+extends them with drop-ins (`files/<unit>.d/*.conf`, read after the unit, as systemd reads
+them); `name@instance` units from their template.
 
 Not emulated: cgroups (a unit's processes are its main process and that process's descendants;
 a daemon that left them, as PostgreSQL's postmaster leaves Patroni, is ended by the node's
@@ -36,6 +39,7 @@ from processes import Started, Supervisor, alive, kill, start_time, wait_gone
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
+DISTRIBUTION_UNITS = Path("/lib/systemd/system")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TIMEOUT = 90.0  # systemd's DefaultTimeoutStartSec and DefaultTimeoutStopSec
 ONESHOT_GUARD = 600.0  # a oneshot has no start timeout in systemd; a test must end
@@ -56,7 +60,8 @@ class UnitError(RuntimeError):
 
 
 def unit_files(scripts: Path = SCRIPTS) -> dict[str, Path]:
-    """Every unit file of the repository's elements, by unit name."""
+    """Every unit file of the repository's elements, by unit name, and the distribution's
+    units those elements extend with drop-ins (installed here by the tiers' setup)."""
     found: dict[str, Path] = {}
     for path in sorted(scripts.glob("*/files/*")):
         if path.suffix not in (".service", ".timer"):
@@ -64,6 +69,17 @@ def unit_files(scripts: Path = SCRIPTS) -> dict[str, Path]:
         if path.name in found:
             raise UnitError(f"unit {path.name} is in {found[path.name]} and {path}")
         found[path.name] = path
+    for name in unit_dropins(scripts):
+        if name not in found and (DISTRIBUTION_UNITS / name).exists():
+            found[name] = DISTRIBUTION_UNITS / name
+    return found
+
+
+def unit_dropins(scripts: Path = SCRIPTS) -> dict[str, list[Path]]:
+    """The elements' drop-ins (`files/<unit>.d/*.conf`), by the unit they extend."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(scripts.glob("*/files/*.d/*.conf"), key=lambda p: p.name):
+        found.setdefault(path.parent.name.removesuffix(".d"), []).append(path)
     return found
 
 
@@ -134,7 +150,8 @@ class Command:
 
 
 def _specifiers(word: str, unit: str) -> str:
-    values = {"%": "%", "n": unit, "N": unit.rsplit(".", 1)[0], "p": unit.split("@")[0]}
+    stem = unit.rsplit(".", 1)[0]
+    values = {"%": "%", "n": unit, "N": stem, "p": unit.split("@")[0], "i": stem.partition("@")[2]}
 
     def one(match: re.Match) -> str:
         if match[1] not in values:
@@ -150,9 +167,12 @@ class Unit:
     sections: dict[str, dict[str, list[str]]]
 
     @classmethod
-    def load(cls, path: Path) -> Unit:
+    def load(cls, path: Path, dropins: list[Path] | tuple = (), name: str = "") -> Unit:
+        """The unit file, then its drop-ins in order (an empty assignment in a drop-in
+        resets what came before, as `ExecStart=` does)."""
         try:
-            return cls(path.name, parse(path.read_text()))
+            text = "\n".join(p.read_text() for p in [path, *dropins])
+            return cls(name or path.name, parse(text))
         except UnitError as error:
             raise UnitError(f"{path}: {error}") from None
 
@@ -293,6 +313,7 @@ class Systemd:
     log_prefix: str = ""
     console: Callable[[str], None] | None = None
     units: dict[str, Path] = field(default_factory=unit_files)
+    dropins: dict[str, list[Path]] = field(default_factory=unit_dropins)
     booted: float = field(default_factory=time.monotonic)
     main: dict[str, Started] = field(default_factory=dict)  # running main processes
     order: list[str] = field(default_factory=list)  # active units in start order
@@ -305,9 +326,13 @@ class Systemd:
 
     # --- units ------------------------------------------------------------------------------
     def unit(self, name: str) -> Unit:
-        if name not in self.units:
+        """The unit `name`, with its drop-ins; `name@instance.service` from its template."""
+        prefix, at, rest = name.partition("@")
+        template = f"{prefix}@.{rest.rsplit('.', 1)[-1]}" if at else name
+        path = self.units.get(name) or self.units.get(template)
+        if path is None:
             raise UnitError(f"Unit {name} not found.")
-        return Unit.load(self.units[name])
+        return Unit.load(path, self.dropins.get(path.name, []), name)
 
     def ordered(self, names: list[str]) -> list[str]:
         """`names` in the order their After=/Before= ask for (stable otherwise)."""

@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 
 import imagetest_harness as harness
 import pytest
 import yaml
 
 from bakery.image.definition import load_definition
+from bakery.image.manifest import console_objects
+from bakery.node import monitoring
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +25,8 @@ pytestmark = pytest.mark.slow
 # and what the node bundle starts. Anything else running is a surprise in a golden image.
 ALLOWED_RUNNING = {
     "patroni.service",
+    "prometheus-node-exporter.service",
+    "prometheus-postgres-exporter.service",
     "ssh.service",
     "qemu-guest-agent.service",
     "systemd-journald.service",
@@ -67,8 +72,12 @@ def test_written_files_have_declared_owner_mode_and_content(guest, rendered):
 
 def test_only_intended_services_are_enabled_and_running(guest, rendered):
     wanted = set(rendered["node"]["services"])
-    assert wanted == {"patroni.service"}
-    for unit in ("patroni.service", "consul.service", "nebula.service", "postgresql.service"):
+    assert wanted == {"patroni.service", *monitoring.SERVICES}
+    for unit in (
+        *("patroni.service", "consul.service", "nebula.service", "postgresql.service"),
+        *("bakery-backup-full.timer", "bakery-backup-diff.timer"),
+        *monitoring.SERVICES,
+    ):
         state = guest.agent.exec(["systemctl", "is-enabled", unit])[1].strip()
         expected = "enabled" if unit in wanted else "disabled"
         assert state == expected, f"{unit} is {state}"
@@ -78,14 +87,29 @@ def test_only_intended_services_are_enabled_and_running(guest, rendered):
             " | awk '{print $1}'"
         ).split()
     )
-    assert wanted <= running
+    # The guard is a oneshot (exited), the path unit waits: neither shows as running.
+    assert wanted - {"bakery-scrape-guard.service", "bakery-job-metrics.path"} <= running
     assert running <= ALLOWED_RUNNING, f"unexpected: {running - ALLOWED_RUNNING}"
-    # The image's own units pass systemd's checks (consul's binary is not in this image).
-    for unit in ("patroni.service", "nebula.service", "bakery-metadata-guard.service"):
+    # The image's own units pass systemd's checks (consul's binary is not in this image), and
+    # so do Debian's exporter units with the image's drop-ins. A timer's verification loads the
+    # backup service it starts (and checks its ExecStart).
+    for unit in (
+        "patroni.service",
+        "nebula.service",
+        "bakery-metadata-guard.service",
+        "bakery-scrape-guard.service",
+        "bakery-job-metrics.service",
+        "bakery-job-metrics.path",
+        "bakery-backup-full.timer",
+        "bakery-backup-diff.timer",
+    ):
         code, out, err = guest.agent.exec(
             ["systemd-analyze", "verify", f"/etc/systemd/system/{unit}"], timeout=60
         )
         assert code == 0 and unit not in err, f"{unit}: {out}{err}"
+    for unit in ("prometheus-node-exporter.service", "prometheus-postgres-exporter.service"):
+        code, out, err = guest.agent.exec(["systemd-analyze", "verify", unit], timeout=60)
+        assert code == 0 and unit not in err and "bakery.conf" not in err, f"{unit}: {out}{err}"
     failed = guest.agent.sh("systemctl list-units --state=failed --no-legend --plain").strip()
     assert failed == "", failed
     # PostgreSQL runs under Patroni, not under the distribution's unit.
@@ -117,6 +141,59 @@ def test_patroni_answers_and_bootstrapped_as_leader(guest, rendered):
     )
     (member,) = json.loads(members)
     assert member["Role"] == "Leader" and member["State"] == "running", member
+
+
+def scrape(guest, port: int) -> str:
+    """/metrics from the bridge (10.213.7.1: inside node.yaml's allowed networks, which are
+    the monitoring networks by default), as Prometheus would ('' and the error: no answer)."""
+    url = f"http://{harness.GUEST_ADDRESS}:{port}/metrics"
+    probe = guest.in_netns(["curl", "-sS", "-f", "-m", "60", url], timeout=90)
+    return probe.stdout or probe.stderr
+
+
+def wait_for_metric(guest, port: int, pattern: str, timeout: float = 240) -> str:
+    """Scrape until `pattern` shows (an emulated guest answers its first scrapes slowly)."""
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, text := scrape(guest, port), re.M):
+        assert time.monotonic() < deadline, f"no {pattern!r} from port {port}: {text[-500:]}"
+        time.sleep(3)
+    return text
+
+
+def test_exporters_answer_after_first_boot(guest):
+    """Installed in the image, enabled by the bundle's runcmd: no package work at boot (the
+    dpkg log stays empty, test below), only the node's address, only the scrape guard's
+    networks."""
+    wait_for_metric(guest, monitoring.NODE_EXPORTER_PORT, r"^node_load1 [0-9.e+-]+$")
+    # postgres_exporter logs in as monitor once Patroni has bootstrapped.
+    wait_for_metric(guest, monitoring.POSTGRES_EXPORTER_PORT, r"^pg_up 1$")
+    listening = guest.agent.sh("ss -ltnH").split("\n")
+    for port in (monitoring.NODE_EXPORTER_PORT, monitoring.POSTGRES_EXPORTER_PORT):
+        local = {
+            line.split()[3]
+            for line in listening
+            if line.split()[3:4] and line.split()[3].endswith(f":{port}")
+        }
+        assert local == {f"{harness.GUEST_ADDRESS}:{port}"}, local
+    guard = guest.agent.sh("nft list table inet bakery_scrape_guard")
+    assert "10.213.7.0/24" in guard and "reject with tcp reset" in guard
+    mode = guest.agent.sh(f"stat -c '%U %a' {monitoring.PASSWORD_FILE}").strip()
+    assert mode == "prometheus 600"
+
+
+def test_job_status_files_become_metrics(guest):
+    """The contract of bakery's jobs: a status file written (temp file + rename) into
+    /var/lib/bakery/status shows up as metrics of node_exporter's textfile collector."""
+    guest.agent.sh(
+        'printf \'%s\' \'{"ok": false, "at": "2026-12-01T10:00:00Z", "detail": "t"}\''
+        " > /var/lib/bakery/status/.bkt-test.tmp"
+        " && mv /var/lib/bakery/status/.bkt-test.tmp /var/lib/bakery/status/bkt-test.json"
+    )
+    pattern = r'^(bakery_job_\w+)\{bakery_job="bkt-test"\} (\S+)$'
+    text = wait_for_metric(guest, monitoring.NODE_EXPORTER_PORT, pattern, timeout=120)
+    found = dict(re.findall(pattern, text, re.M))
+    assert float(found["bakery_job_ok"]) == 0
+    assert float(found["bakery_job_last_run_timestamp_seconds"]) == 1796119200  # its "at"
 
 
 def test_metadata_address_is_blocked_for_everyone_but_root(guest):
@@ -162,11 +239,10 @@ def test_image_is_generalized(guest):
 
 
 def test_manifest_on_console_matches_definition(guest, built):
-    lines = [
-        line for line in guest.console_text().splitlines() if line.startswith("BAKERY-MANIFEST ")
-    ]
-    assert lines, "no BAKERY-MANIFEST line on the console"
-    manifest = json.loads(lines[-1].removeprefix("BAKERY-MANIFEST "))
+    # A getty prompt may share the console line with it (seen under load).
+    printed = console_objects(guest.console_text(), "BAKERY-MANIFEST ")
+    assert printed, "no BAKERY-MANIFEST line on the console"
+    manifest = printed[-1]
     loaded = load_definition("local-test")
     d = loaded.definition
     assert manifest["image"] == d.name
@@ -209,3 +285,21 @@ def test_cloud_init_spends_little_on_the_bundle(guest):
     # No package work at boot: dpkg wrote nothing since generalization emptied its log.
     # (How long the bundle takes is a figure for bench/image-bench, not an assertion.)
     assert guest.agent.sh("cat /var/log/dpkg.log 2>/dev/null | wc -c").strip() == "0"
+
+
+def test_a_backup_schedule_written_after_boot_is_honoured_without_a_reload(guest):
+    """What a bundle with backups does: cloud-init writes the timer's drop-in after systemd has
+    booted, and runcmd starts the (never loaded) timer without `daemon-reload`."""
+    dropin = "/etc/systemd/system/bakery-backup-full.timer.d/bakery-schedule.conf"
+    guest.agent.sh(
+        f"mkdir -p {dropin.rsplit('/', 1)[0]} && "
+        f"printf '[Timer]\\nOnCalendar=\\nOnCalendar=Wed *-*-* 04:30:00\\n' > {dropin}"
+    )
+    try:
+        guest.agent.sh("systemctl start bakery-backup-full.timer")
+        shown = guest.agent.sh("systemctl show -p TimersCalendar bakery-backup-full.timer")
+        assert "OnCalendar=Wed *-*-* 04:30:00" in shown, shown
+        assert "Sun" not in shown, shown  # the image's calendar was replaced, not added to
+    finally:
+        guest.agent.exec(["systemctl", "stop", "bakery-backup-full.timer"])
+        guest.agent.exec(["rm", "-rf", dropin.rsplit("/", 1)[0]])

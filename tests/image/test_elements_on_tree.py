@@ -203,6 +203,26 @@ def test_built_tree_is_generalized_and_complete(built):
     assert not list(tree.rglob("*.bakery-saved"))
 
 
+def test_built_tree_has_the_backup_job_and_its_disabled_timers(built):
+    tree = built.tree
+    job = (tree / "usr/lib/bakery/pgbackrest/bakery-pgbackrest").stat()
+    assert (job.st_mode & 0o777, job.st_uid) == (0o755, 0)
+    for unit in ("bakery-backup@.service", "bakery-backup-full.timer", "bakery-backup-diff.timer"):
+        assert (tree / "etc/systemd/system" / unit).is_file(), unit
+        assert not list((tree / "etc/systemd/system").glob(f"*.wants/{unit}"))
+    status = (tree / "var/lib/bakery/status").stat()
+    postgres_gid = int(_passwd_line(tree, "postgres")[3])
+    assert (status.st_mode & 0o777, status.st_uid, status.st_gid) == (0o775, 0, postgres_gid)
+    assert not any((tree / "var/lib/bakery/status").iterdir())
+
+
+def _passwd_line(tree: Path, user: str) -> list[str]:
+    for line in (tree / "etc/passwd").read_text().splitlines():
+        if line.split(":")[0] == user:
+            return line.split(":")
+    raise AssertionError(f"no user {user} in the image")
+
+
 def _uid(tree: Path, user: str) -> int:
     for line in (tree / "etc/passwd").read_text().splitlines():
         fields = line.split(":")

@@ -15,7 +15,8 @@ VARIANTS = {
     ),
     "etcd3-plain": lambda tmp: merged(
         base_config(tmp, dcs="etcd3", overlay=False),
-        **{"cluster.pgbackrest": {"archive": True}},
+        # A posix repository on a mount every node shares: archiving across AZs is allowed.
+        **{"cluster.pgbackrest": {"repo": {"type": "posix", "shared": True}, "archive": True}},
     ),
     "etcd3-https-nebula-s3": lambda tmp: merged(
         base_config(tmp, dcs="etcd3"),
@@ -35,7 +36,14 @@ VARIANTS = {
                     "region": "de-west",
                     "key": {"env": "TEST_S3_KEY"},
                     "key_secret": {"env": "TEST_S3_SECRET"},
-                }
+                },
+                "encryption": True,
+                "retention_diff": 6,
+            },
+            # A new cluster restored from another one's stanza to a point in time.
+            "cluster.restore": {
+                "from_scope": "old-cluster",
+                "target_time": "2026-01-01 00:00:00+00:00",
             },
         },
     ),

@@ -13,7 +13,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from bakery.checks import load_hcl
 from tests.helpers import PROJECT, invoke
 from tests.render.conftest import record_size
-from tests.render.validators import cloud_init_schema, validate_patroni
+from tests.render.validators import (
+    cloud_init_schema,
+    systemd_calendar,
+    validate_patroni,
+    validate_pgbackrest,
+)
 
 
 def nodes(out: Path) -> list[dict]:
@@ -97,8 +102,15 @@ def test_user_data_only_writes_files_and_starts_services(rendered):
             "runcmd",
         }
         assert data["package_update"] is False and data["package_upgrade"] is False
+        # With the Consul DNS forwarding, systemd-resolved lets go of 127.0.0.53 in between.
+        restart = (
+            [["systemctl", "restart", "systemd-resolved.service"]]
+            if "bakery-consul-dns.service" in node["services"]
+            else []
+        )
         assert data["runcmd"] == [
             ["systemctl", "--no-reload", "enable", *node["services"]],
+            *restart,
             ["systemctl", "start", *node["services"]],
         ]
         for entry in data["write_files"]:
@@ -158,7 +170,11 @@ def test_certificates_verify_with_names_and_usages(rendered):
         cert = load_cert(node_file(out, node, "/etc/patroni/tls/node.pem"))
         cert.verify_directly_issued_by(ca)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert san.get_values_for_type(x509.DNSName) == [node["name"]]
+        consul_names = []
+        if "bakery-consul-dns.service" in node["services"]:  # what clients may connect to
+            service = "patroni42.service.consul"
+            consul_names = [service, f"primary.{service}", f"replica.{service}"]
+        assert san.get_values_for_type(x509.DNSName) == [node["name"], *consul_names]
         wanted = {a for a in (node["private_address"], node["overlay_address"]) if a}
         assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == wanted
         eku = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
@@ -208,11 +224,59 @@ def test_pgbackrest_conf_matches_the_repository(rendered):
             assert parser.get("global", "repo1-s3-key-secret") == "s3-secret-value"
         patroni = yaml.safe_load(node_file(out, node, "/etc/patroni/patroni.yml").read_text())
         archive = patroni["bootstrap"]["dcs"]["postgresql"]["parameters"].get("archive_command")
-        if config["cluster"].get("pgbackrest", {}).get("archive"):
+        backup = config["cluster"].get("pgbackrest", {})
+        if backup.get("archive", repo["type"] == "s3"):
             assert archive == "pgbackrest --stanza=patroni42 archive-push %p"
             assert node["name"] not in archive
+            assert patroni["postgresql"]["create_replica_methods"][0] == "pgbackrest"
         else:
             assert archive is None
+            assert patroni["postgresql"]["create_replica_methods"] == ["basebackup"]
+
+
+def test_pgbackrest_reads_every_pgbackrest_conf(rendered):
+    """pgBackRest itself parses the file (unknown options and bad values would show)."""
+    _, config, out = rendered
+    repo = config["cluster"].get("pgbackrest", {}).get("repo", {"type": "posix"})
+    names = [repo["endpoint"], f"{repo['bucket']}.{repo['endpoint']}"] if "endpoint" in repo else []
+    node = nodes(out)[0]
+    conf = node_file(out, node, "/etc/pgbackrest/pgbackrest.conf")
+    output = validate_pgbackrest(conf, "patroni42", names)
+    assert "stanza: patroni42" in output
+    restore = node_file(out, node, "/etc/pgbackrest/restore.conf")
+    if config["cluster"].get("restore"):
+        stanza = config["cluster"]["restore"]["from_scope"]
+        assert f"stanza: {stanza}" in validate_pgbackrest(restore, stanza, names)
+    else:
+        assert not restore.exists()
+
+
+def test_pgbackrest_validator_is_not_a_rubber_stamp(rendered, tmp_path):
+    _, _, out = rendered
+    conf = node_file(out, nodes(out)[0], "/etc/pgbackrest/pgbackrest.conf").read_text()
+    broken = tmp_path / "pgbackrest.conf"
+    broken.write_text(conf.replace("[global]\n", "[global]\nrepo1-retention-fool=2\n"))
+    with pytest.raises(AssertionError, match="invalid option 'repo1-retention-fool'"):
+        validate_pgbackrest(broken, "patroni42", [])
+
+
+def test_backup_timers_get_a_schedule_systemd_reads(rendered):
+    _, config, out = rendered
+    for node in nodes(out):
+        timers = [s for s in node["services"] if s.endswith(".timer")]
+        dropins = [f["path"] for f in node["files"] if f["path"].endswith("bakery-schedule.conf")]
+        assert dropins == [f"/etc/systemd/system/{t}.d/bakery-schedule.conf" for t in timers]
+        for path in dropins:
+            lines = node_file(out, node, path).read_text().splitlines()
+            assert lines[-2] == "OnCalendar="  # the image's calendar is replaced, not added to
+            systemd_calendar(lines[-1].removeprefix("OnCalendar="))
+    if config["cluster"].get("pgbackrest", {}).get("repo", {}).get("type") == "s3":
+        assert timers == ["bakery-backup-full.timer", "bakery-backup-diff.timer"]
+
+
+def test_systemd_calendar_check_is_not_a_rubber_stamp():
+    with pytest.raises(AssertionError, match="systemd refuses"):
+        systemd_calendar("Sunday at one")
 
 
 def test_the_shipped_example_renders_within_nova_limits(tmp_path):

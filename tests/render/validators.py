@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 from bakery.checks import parse_envfile
@@ -92,3 +93,43 @@ def cloud_init_schema(user_data: Path) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"cloud-init schema refused {user_data}:\n{output}"
     return output
+
+
+def validate_pgbackrest(config: Path, stanza: str, names: list[str]) -> str:
+    """pgBackRest reads `config` and runs `info` for `stanza`, with the repository's host
+    `names` resolving to a closed port inside a namespace: option errors, unknown options and
+    unreadable values show, the network does not matter. Returns pgBackRest's output."""
+    # A refused connection is retried until the I/O timeout: one second.
+    script = (
+        'mount --bind "$1" /etc/hosts && '
+        'exec pgbackrest --config="$2" --stanza="$3" --io-timeout=1 info'
+    )
+    with tempfile.TemporaryDirectory() as tmp, namespace([]) as ns:
+        hosts = Path(tmp) / "hosts"
+        hosts.write_text("".join(f"127.0.0.1 {name}\n" for name in ["localhost", *names]))
+        result = subprocess.run(
+            ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private"]
+            + ["sh", "-c", script, "sh", str(hosts), str(config), stanza],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin"},
+            timeout=60,
+            check=False,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"pgbackrest refused {config}:\n{output}"
+    assert "WARN" not in output and "ERROR" not in output.replace("status: error", ""), output
+    return output
+
+
+def systemd_calendar(expression: str) -> str:
+    """systemd's own parse of an OnCalendar= expression (its normalized form)."""
+    result = subprocess.run(
+        ["systemd-analyze", "calendar", expression],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, f"systemd refuses OnCalendar={expression}: {result.stderr}"
+    return result.stdout

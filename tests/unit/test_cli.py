@@ -31,7 +31,10 @@ def test_render_writes_bundles_with_their_modes_and_no_secret_on_screen(tmp_path
         user_data = out / node["name"] / "user-data"
         assert stat.S_IMODE(user_data.stat().st_mode) == 0o600
     secrets = {p.name: p.read_text().strip() for p in (tmp_path / "state/secrets").iterdir()}
-    assert set(secrets) == {"superuser", "replication", "rewind", "restapi", "admin", "admin.scram"}
+    assert set(secrets) == {
+        *("superuser", "replication", "rewind", "restapi", "admin", "admin.scram"),
+        *("monitor", "monitor.scram"),
+    }
     for secret in secrets.values():
         assert secret not in result.stdout + result.stderr
     env_file = (out / "prod1-postgresql-0/files/etc/patroni/patroni.env").read_text()
@@ -40,6 +43,20 @@ def test_render_writes_bundles_with_their_modes_and_no_secret_on_screen(tmp_path
     node_tree = tree(out / "prod1-postgresql-0")
     assert not any(secrets["admin"].encode() in content for content in node_tree.values())
     assert any(secrets["admin.scram"].encode() in content for content in node_tree.values())
+    # The monitor's password is in postgres_exporter's own file only (post_bootstrap gets its
+    # verifier), and the manifest says who may read that file.
+    holding = sorted(
+        p for p, content in node_tree.items() if secrets["monitor"].encode() in content
+    )
+    assert holding == ["files/etc/bakery/monitoring/postgres-exporter.password", "user-data"]
+    entry = next(
+        f
+        for f in manifest["nodes"][0]["files"]
+        if f["path"] == "/etc/bakery/monitoring/postgres-exporter.password"
+    )
+    assert (entry["owner"], entry["mode"]) == ("prometheus:prometheus", "0600")
+    post_bootstrap = node_tree["files/etc/patroni/post-bootstrap.sh"].decode()
+    assert secrets["monitor.scram"] in post_bootstrap
 
 
 def test_rerender_is_stable(tmp_path):

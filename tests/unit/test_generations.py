@@ -50,7 +50,7 @@ def test_candidates_go_only_when_no_bake_can_still_be_running():
 def test_a_second_rebuild_stops_before_baking_or_retiring(tmp_path, monkeypatch):
     settings = load_settings(base_config(tmp_path))
     # What the clouds say is beside the point here: every environment is due.
-    monkeypatch.setattr(rebuild_module, "connect", lambda *_: None)
+    monkeypatch.setattr(rebuild_module, "_read", lambda *_: {})
     monkeypatch.setattr(rebuild_module, "_reasons", lambda *_: {"prod1": ["due"]})
     monkeypatch.setattr(rebuild_module.cloudbake, "bake", _must_not_run)
     monkeypatch.setattr(rebuild_module, "_retire", _must_not_run)
@@ -79,17 +79,21 @@ def _must_not_run(*_args, **_kwargs):
 def test_only_builders_older_than_any_running_bake_are_stale():
     from types import SimpleNamespace
 
-    from bakery.cloud.generations import stale_builders
+    from bakery.cloud.generations import builder_ports, split_by_age
 
-    def server(name, metadata, hours_ago):
+    def port(name, tags, hours_ago, server="srv"):
         created = (NOW - dt.timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return SimpleNamespace(name=name, metadata=metadata, created_at=created)
+        return SimpleNamespace(id=name, name=name, tags=tags, device_id=server, created_at=created)
 
-    servers = [
-        server("old-builder", {"bakery": "builder"}, 4),
-        server("running-builder", {"bakery": "builder"}, 1),
-        server("old-node", {"bakery": "node"}, 40),
-        server("someone-else", {}, 40),
+    ports = [
+        port("old-builder", ["bakery", "bakery-builder"], 4),
+        port("old-builder-without-server", ["bakery", "bakery-builder"], 4, server=""),
+        port("running-builder", ["bakery", "bakery-builder"], 1),
+        port("old-node", ["bakery", "bakery-cluster-x"], 40),
     ]
-    conn = SimpleNamespace(compute=SimpleNamespace(servers=lambda: servers))
-    assert [s.name for s in stale_builders(conn, NOW, GRACE)] == ["old-builder"]
+    stale, recent = split_by_age(builder_ports(ports), NOW, GRACE)
+    assert [(b.name, b.server_id) for b in stale] == [
+        ("old-builder", "srv"),
+        ("old-builder-without-server", None),
+    ]
+    assert [b.name for b in recent] == ["running-builder"]

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from bakery.image.definition import load_definition
-from bakery.image.manifest import last_result, manifest_problems
+from bakery.image.manifest import console_objects, last_result, manifest_problems
 
 BUILD_ID = "postgresql14-patroni-20261126T000000Z-0123abcd"
 
@@ -32,6 +32,8 @@ def manifest(loaded):
             "pgbackrest": {"package": "2.57.0-1.pgdg120+1"},
             "consul": {"version": "1.20.2"},
             "nebula": {"package": "1.6.1+dfsg-3+b4"},
+            "prometheus-node-exporter": {"package": "1.5.0-1+b6"},
+            "prometheus-postgres-exporter": {"package": "0.15.0-1.pgdg120+1"},
         },
     }
 
@@ -50,6 +52,16 @@ def test_the_pinned_manifest_of_this_build_is_accepted(loaded, manifest):
         ("components.consul", None, "consul version is None"),
         ("components.nebula.package", "1.9.0-1", "nebula package is '1.9.0-1', the definition"),
         ("components.nebula.package", "1.60-1", "nebula package is '1.60-1', the definition"),
+        (
+            "components.prometheus-node-exporter.package",
+            "1.7.0-1",
+            "prometheus-node-exporter package is '1.7.0-1', the definition pins a version",
+        ),
+        (
+            "components.prometheus-postgres-exporter",
+            None,
+            "prometheus-postgres-exporter package is None",
+        ),
     ],
 )
 def test_each_contradiction_is_named(loaded, manifest, path, value, problem):
@@ -79,3 +91,14 @@ def test_last_result_skips_noise_and_cut_lines():
     )
     assert last_result(console) == {"status": "ok", "build_id": "b"}
     assert last_result("no result here\nBAKERY-RESULT [1, 2]\n") is None
+
+
+def test_console_objects_survive_interleaved_output():
+    text = (
+        "[  12.3] kernel line\n"
+        'getty login: BAKERY-MANIFEST {"a": 1}Debian GNU/Linux 12 node ttyS0\n'
+        'BAKERY-MANIFEST {"cut": \n'
+        'BAKERY-MANIFEST {"b": 2}\n'
+    )
+    assert console_objects(text, "BAKERY-MANIFEST ") == [{"a": 1}, {"b": 2}]
+    assert last_result('x BAKERY-RESULT {"status": "ok"} trailing') == {"status": "ok"}

@@ -11,10 +11,12 @@ Order of work, so that bad input changes nothing and nothing leaks:
    problems reported together, before anything is created;
 2. the environments build in parallel; a resource is registered for removal before the call
    that creates it, and found again by its unique name, so even a create call that fails
-   half-way leaves nothing behind;
-3. an image is released (`bakery_status=released`) only when every environment has built and
-   verified its own: a bake lands everywhere or nowhere. On failure, Ctrl-C or SIGTERM the
-   builder VMs and this bake's images are deleted; builder VMs always are.
+   half-way leaves nothing behind; the builder's port comes first and is tagged, so that what
+   a bake killed outright leaves is found by tag (`rebuild` reports it);
+3. an image is released (`bakery_status=released`, with `min_disk` and `min_ram`) only when
+   every environment has built and verified its own: a bake lands everywhere or nowhere. On
+   failure, Ctrl-C or SIGTERM the builder VMs, their ports and this bake's images are deleted,
+   the environments in parallel; builder VMs and ports always are.
 """
 
 from __future__ import annotations
@@ -28,26 +30,42 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cleanup import Cleanup, ReleaseError, interrupt_on_sigterm, shielded_from_interrupts
+from ..cleanup import (
+    Cleanup,
+    ReleaseError,
+    interrupt_on_sigterm,
+    run_in_parallel,
+    shielded_from_interrupts,
+)
 from ..config import Settings, builder_problems, first_az
 from ..errors import BakeryError, ConfigError, Problem
 from ..image.builderdata import BuilderUserData, builder_user_data
 from ..image.definition import LoadedDefinition, load_definition
 from ..image.manifest import last_result, manifest_problems
 from .api import (
+    BUILD_BACKOFF,
+    COMPUTE_MICROVERSION,
     TAG,
     Cancelled,
     CloudError,
     PreflightError,
+    all_images,
     check_compute_az,
     cloud_errors,
     connect,
+    delete_port,
+    delete_servers,
     delete_servers_named,
-    find_named,
+    flavor_named,
     image_property,
+    in_parallel,
+    network_named,
+    security_groups_named,
     server_in,
     wait_for,
 )
+from .generations import BUILDER_TAG
+from .metadata import image_properties, release_fields
 
 ARCH_OF_IMAGE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 SNAPSHOT_TIMEOUT = 1800
@@ -63,7 +81,7 @@ class Target:
     base_image: Any
     flavor: Any
     network: Any
-    security_groups: list[str]
+    security_groups: list[Any]
     compute_az: str | None
     arch: str
     user_data: BuilderUserData | None = field(default=None, repr=False)
@@ -84,6 +102,7 @@ class BakeResult:
 
 
 def builder_name(build_id: str) -> str:
+    """The builder server's and its port's name."""
     return f"bakery-builder-{build_id}"
 
 
@@ -99,14 +118,24 @@ def bake(
     definition: str | None = None,
     environments: list[str] | None = None,
     log: Callable[[str], None] = print,
+    seen: dict[str, Seen] | None = None,
 ) -> BakeResult:
-    """Bake the definition in the chosen environments (default: all of them)."""
+    """Bake the definition in the chosen environments (default: all of them). `seen`: what
+    the caller (`rebuild`) has read already, per environment, so that it is not asked again."""
     loaded = load_definition(definition or settings.image.definition)
     labels = _chosen(settings, environments)
     build_id = new_build_id(loaded)
     with interrupt_on_sigterm():
-        targets = _preflight(settings, loaded, labels, build_id, log)
+        targets = _preflight(settings, loaded, labels, build_id, log, seen or {})
         return _Bake(settings, loaded, build_id, log).run(targets)
+
+
+@dataclass
+class Seen:
+    """One environment as a run has read it: its connection and its image list."""
+
+    conn: Any = field(repr=False)
+    images: list[Any] | None = field(default=None, repr=False)
 
 
 def _chosen(settings: Settings, environments: list[str] | None) -> list[str]:
@@ -137,6 +166,7 @@ def _preflight(
     labels: list[str],
     build_id: str,
     log: Callable[[str], None],
+    seen: dict[str, Seen],
 ) -> list[Target]:
     """Resolve every environment; raise one error listing every problem found."""
     # What needs no cloud first: user-data for each architecture the definition builds.
@@ -144,24 +174,21 @@ def _preflight(
         arch: builder_user_data(loaded, build_id, arch, settings.template_overrides)
         for arch in loaded.definition.base.architectures
     }
-    targets, problems = [], []
-    for label in labels:
-        try:
-            target = _resolve(settings, loaded, label)
-            target.user_data = user_data[target.arch]  # _resolve checked the architecture
-            targets.append(target)
-            log(
-                f"{label}: base image {target.base_image.name!r} ({target.base_image.id}), "
-                f"flavor {target.flavor.name}, network {target.network.name}, {target.arch}"
-            )
-        except BakeryError as error:
-            problems.append(str(error))
+    resolved = in_parallel(labels, lambda label: _resolve(settings, loaded, label, seen.get(label)))
+    problems = [str(r) for r in resolved if isinstance(r, BakeryError)]
     if problems:
         raise PreflightError(problems)
+    targets = [r for r in resolved if isinstance(r, Target)]
+    for target in targets:
+        target.user_data = user_data[target.arch]  # _resolve checked the architecture
+        log(
+            f"{target.label}: base image {target.base_image.name!r} ({target.base_image.id}), "
+            f"flavor {target.flavor.name}, network {target.network.name}, {target.arch}"
+        )
     return targets
 
 
-def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target:
+def _resolve(settings: Settings, loaded: LoadedDefinition, label: str, seen: Seen | None) -> Target:
     environment = settings.environments[label]
     az = first_az(settings, label)
     builder = environment.builder
@@ -170,11 +197,12 @@ def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target
         own = getattr(builder, key)
         return own if own is not None or az is None else getattr(az, key)
 
-    conn = connect(label, environment)
+    conn = seen.conn if seen is not None else connect(label, environment)
     where = f"environment {label}"
     with cloud_errors(where):
-        base = find_base_image(conn, settings, loaded, where)
-        flavor = find_named(conn.compute.find_flavor, pick("flavor"), "flavor", where)
+        images = seen.images if seen is not None else None
+        base = find_base_image(conn, settings, loaded, where, images)
+        flavor = flavor_named(conn, pick("flavor"), where)
         if (flavor.disk or 0) < (base.min_disk or 0) or (flavor.ram or 0) < (base.min_ram or 0):
             raise CloudError(
                 f"{where}: flavor {flavor.name} ({flavor.disk} GB, {flavor.ram} MiB) is below "
@@ -182,10 +210,8 @@ def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target
             )
         if not flavor.disk:
             raise CloudError(f"{where}: flavor {flavor.name} has no root disk to snapshot")
-        network = find_named(conn.network.find_network, pick("network"), "network", where)
-        groups = list(pick("security_groups") or [])
-        for group in groups:
-            find_named(conn.network.find_security_group, group, "security group", where)
+        network = network_named(conn, pick("network"), where)
+        groups = security_groups_named(conn, list(pick("security_groups") or []), where)
         zone = pick("compute_az")
         if zone is not None:
             check_compute_az(conn, zone, where)
@@ -198,10 +224,15 @@ def _resolve(settings: Settings, loaded: LoadedDefinition, label: str) -> Target
     return Target(label, conn, base, flavor, network, groups, zone, arch)
 
 
-def find_base_image(conn, settings: Settings, loaded: LoadedDefinition, where: str):
+def find_base_image(
+    conn, settings: Settings, loaded: LoadedDefinition, where: str, images: list | None = None
+):
+    """The image a bake starts from, out of `images` when the caller has read them already
+    (every image the project sees), else out of one read."""
     wanted = settings.image.base_image
     if wanted.name is not None:
-        found = [i for i in conn.image.images(name=wanted.name) if i.status == "active"]
+        named = conn.image.images(name=wanted.name) if images is None else images
+        found = [i for i in named if i.name == wanted.name and i.status == "active"]
         if len(found) != 1:
             raise CloudError(
                 f"{where}: image.base_image.name {wanted.name!r} matches {len(found)} active "
@@ -212,8 +243,9 @@ def find_base_image(conn, settings: Settings, loaded: LoadedDefinition, where: s
     properties = wanted.properties or {"os_distro": base.distribution, "os_version": base.release}
     candidates = [
         image
-        for image in conn.image.images(status="active")
-        if all(str(image_property(image, k)) == v for k, v in properties.items())
+        for image in (all_images(conn) if images is None else images)
+        if image.status == "active"
+        and all(str(image_property(image, k)) == v for k, v in properties.items())
         # Snapshots inherit the base's properties: never start from one (a golden image
         # included, which is one), only from an image as its provider uploaded it.
         and image_property(image, "image_type") != "snapshot"
@@ -231,45 +263,54 @@ def find_base_image(conn, settings: Settings, loaded: LoadedDefinition, where: s
 
 
 class _Bake:
-    """One bake's run: the environments' threads share its cleanups and its cancel flag."""
+    """One bake's run: the environments' threads share its cancel flag; each environment has
+    its own cleanups, so that they run in parallel after a failure, Ctrl-C or SIGTERM."""
 
     def __init__(self, settings, loaded, build_id, log):
         self.settings = settings
         self.loaded: LoadedDefinition = loaded
         self.build_id: str = build_id
         self.log: Callable[[str], None] = log
-        self.always = Cleanup(log)  # builder VMs: removed whatever happens
-        self.on_failure = Cleanup(log)  # this bake's images: kept only if all environments succeed
+        self.always: dict[str, Cleanup] = {}  # builder VMs and ports: removed whatever happens
+        self.on_failure: dict[str, Cleanup] = {}  # images: kept only if all environments succeed
         self.cancel = threading.Event()
-        self._lock = threading.Lock()
         self.inputs_hash = loaded.inputs_hash()  # reads every element file: once per bake
-
-    def register(self, cleanup: Cleanup, what: str, action: Callable[[], None]) -> None:
-        with self._lock:
-            cleanup.push(what, action)
+        # The builders start now and upgrade every package: the image has every update
+        # published before this moment (SCS-0102's image_build_date).
+        self.started = dt.datetime.now(dt.UTC)
 
     def run(self, targets: list[Target]) -> BakeResult:
+        for target in targets:
+            self.always[target.label] = Cleanup(self.log)
+            self.on_failure[target.label] = Cleanup(self.log)
+        labels = [target.label for target in targets]
         try:
             images = self._build_all(targets)
             for target, image in zip(targets, images, strict=True):
                 with cloud_errors(f"environment {target.label}: releasing {image.name}"):
-                    target.conn.image.update_image(image.image_id, bakery_status="released")
+                    target.conn.image.update_image(
+                        image.image_id,
+                        bakery_status="released",
+                        **release_fields(self.loaded, target.flavor, target.base_image),
+                    )
                 self.log(f"{target.label}: released image {image.name} ({image.image_id})")
         except BaseException:
             with shielded_from_interrupts():
-                self.on_failure.run()
-                self.always.run()
-            left = self.on_failure.leftovers + self.always.leftovers
+                # Each environment's images first, then its builder: all environments at once.
+                run_in_parallel([(self.on_failure[x], self.always[x]) for x in labels])
+            left = [item for x in labels for item in self._leftovers(x)]
             if left:
                 self.log("left behind, remove by hand (all tagged 'bakery'): " + "; ".join(left))
             raise
         with shielded_from_interrupts():
-            self.always.run()
-        if self.always.leftovers:
-            raise ReleaseError(
-                "images released, but not removed: " + "; ".join(self.always.leftovers)
-            )
+            run_in_parallel([(self.always[x],) for x in labels])
+        left = [item for x in labels for item in self.always[x].leftovers]
+        if left:
+            raise ReleaseError("images released, but not removed: " + "; ".join(left))
         return BakeResult(self.build_id, self.loaded.name, images)
+
+    def _leftovers(self, label: str) -> list[str]:
+        return self.on_failure[label].leftovers + self.always[label].leftovers
 
     def _build_all(self, targets: list[Target]) -> list[BakedImage]:
         """Build everywhere at once; the first failure stops the others at their next wait.
@@ -300,32 +341,13 @@ class _Bake:
         conn, label, build_id = target.conn, target.label, self.build_id
         where = f"environment {label}"
         name = builder_name(build_id)
-        self.register(
-            self.always, f"{where}: server {name}", lambda: delete_servers_named(conn, name)
-        )
-        assert target.user_data is not None
-        placement: dict[str, Any] = {}
-        if target.security_groups:
-            placement["security_groups"] = [{"name": g} for g in target.security_groups]
-        if target.compute_az is not None:
-            placement["availability_zone"] = target.compute_az
+        builder = _Builder(conn, name)
+        self.always[label].push(f"{where}: server and port {name}", builder.remove)
         self._stop_if_cancelled(f"creating builder {name}")
-        with cloud_errors(f"{where}: creating builder {name}"):
-            server = conn.compute.create_server(
-                name=name,
-                image_id=target.base_image.id,
-                flavor_id=target.flavor.id,
-                networks=[{"uuid": target.network.id}],
-                **placement,
-                user_data=base64.b64encode(target.user_data.text.encode()).decode(),
-                metadata={
-                    TAG: "builder",
-                    "bakery_build_id": build_id,
-                    "bakery_definition": self.loaded.name,
-                    "bakery_inputs_hash": self.inputs_hash,
-                },
-                tags=[TAG],
-            )
+        builder.port = self._builder_port(target, name)
+        self._stop_if_cancelled(f"creating builder {name}")
+        server = self._builder_server(target, name, builder.port)
+        builder.server_id = server.id
         self.log(f"{label}: builder {server.id} started; waiting until it powers off")
         try:
             server = wait_for(
@@ -333,7 +355,7 @@ class _Bake:
                 lambda: server_in(conn, server.id, "SHUTOFF", where),
                 self.settings.image.build_timeout,
                 self.cancel,
-                interval=5,
+                BUILD_BACKOFF,
             )
         except CloudError as error:  # timed out or ERROR: what the console says helps most
             raise CloudError(f"{error}; console:\n{_console_tail(conn, server.id)}") from None
@@ -344,32 +366,101 @@ class _Bake:
         self.log(f"{label}: image {image.name} ({image.id}) active; removing the builder")
         try:
             with cloud_errors(f"{where}: removing builder {name}"):
-                delete_servers_named(conn, name)
+                builder.remove()
         except CloudError as error:  # the image is good; the final cleanup tries again
             self.log(f"{error} (tried again at the end)")
         return BakedImage(label, image.id, image.name)
 
+    def _builder_port(self, target: Target, name: str):
+        """The builder's port, created before the server and tagged, as launch's are: what a
+        bake killed outright (SIGKILL, a lost CI runner) leaves is found by tag."""
+        conn = target.conn
+        groups: dict[str, Any] = {}  # none given: Neutron's default group of the project
+        if target.security_groups:
+            groups["security_group_ids"] = [group.id for group in target.security_groups]
+        tags = [TAG, BUILDER_TAG]
+        with cloud_errors(f"environment {target.label}: creating the port of builder {name}"):
+            port = conn.network.create_port(
+                name=name,
+                network_id=target.network.id,
+                description=f"bakery builder of {self.build_id}",
+                tags=tags,  # taken at once where Neutron has tag-creation for ports
+                **groups,
+            )
+            if not set(tags) <= set(port.tags or []):
+                conn.network.set_tags(port, tags)
+        return port
+
+    def _builder_server(self, target: Target, name: str, port):
+        conn = target.conn
+        assert target.user_data is not None
+        placement: dict[str, Any] = {}
+        if target.compute_az is not None:
+            placement["availability_zone"] = target.compute_az
+        with cloud_errors(f"environment {target.label}: creating builder {name}"):
+            return conn.compute.create_server(
+                name=name,
+                image_id=target.base_image.id,
+                flavor_id=target.flavor.id,
+                networks=[{"port": port.id}],
+                **placement,
+                user_data=base64.b64encode(target.user_data.text.encode()).decode(),
+                metadata={
+                    TAG: "builder",
+                    "bakery_build_id": self.build_id,
+                    "bakery_definition": self.loaded.name,
+                    "bakery_inputs_hash": self.inputs_hash,
+                },
+                tags=[TAG],
+            )
+
     def _snapshot(self, target: Target, server_id: str):
         conn, build_id = target.conn, self.build_id
         where = f"environment {target.label}"
-        self.register(
-            self.on_failure, f"{where}: image {build_id}", lambda: _delete_images(conn, build_id)
+        self.on_failure[target.label].push(
+            f"{where}: image {build_id}", lambda: _delete_images(conn, build_id)
         )
         self._stop_if_cancelled(f"snapshotting {build_id}")
         with cloud_errors(f"{where}: snapshotting the builder"):
-            image = conn.compute.create_server_image(
-                server_id,
-                name=build_id,
-                metadata=_image_properties(build_id, self.loaded, self.inputs_hash, target),
+            metadata = image_properties(
+                self.settings, self.loaded, build_id, self.inputs_hash, target, self.started
             )
-            # Tagged at once: should this image ever be left behind, `rebuild` finds it.
-            conn.image.add_tag(image, TAG)
-        return wait_for(
+            image_id = _create_image(conn, server_id, build_id, metadata)
+            # Tagged at once, so that `rebuild` finds it should it ever be left behind; the
+            # answer is the image's first look at its status too.
+            image = conn.image.update_image(image_id, tags=[TAG])
+        return _active(image, where) or wait_for(
             f"{where}: image {build_id} to become active",
-            lambda: _active(conn, image.id, where),
+            lambda: _watch_image(conn, image_id, where),
             SNAPSHOT_TIMEOUT,
             self.cancel,
         )
+
+
+class _Builder:
+    """A builder server and its port, as far as they exist: removed once, by ID where the
+    create call answered, else found by name (a call whose answer never came may still have
+    created it)."""
+
+    def __init__(self, conn, name: str):
+        self.conn = conn
+        self.name = name
+        self.port: Any = None
+        self.server_id: str | None = None
+        self.removed = False
+
+    def remove(self) -> None:
+        if self.removed:
+            return  # the answer is known: nothing to ask the cloud again
+        if self.server_id is not None:
+            delete_servers(self.conn, [self.server_id])
+        else:
+            delete_servers_named(self.conn, self.name)
+        # The port is free once the server is gone (Neutron refuses to delete a bound one).
+        ports = [self.port] if self.port is not None else self.conn.network.ports(name=self.name)
+        for port in ports:
+            delete_port(self.conn, port.id)
+        self.removed = True
 
 
 def _console_tail(conn, server_id: str) -> str:
@@ -397,47 +488,30 @@ def _check_result(loaded: LoadedDefinition, build_id: str, console: str, where: 
         raise CloudError(f"{where}: the image's manifest does not match: " + "; ".join(problems))
 
 
-def _active(conn, image_id: str, where: str):
+def _create_image(conn, server_id: str, name: str, metadata: dict[str, str]) -> str:
+    """Nova's createImage; the image's ID comes in the answer (microversion 2.45 and later:
+    openstacksdk would first ask Nova which microversions it has)."""
+    import openstack.exceptions
+
+    response = conn.compute.post(
+        f"/servers/{server_id}/action",
+        json={"createImage": {"name": name, "metadata": metadata}},
+        microversion=COMPUTE_MICROVERSION,
+    )
+    openstack.exceptions.raise_from_response(response)
+    return response.json()["image_id"]
+
+
+def _watch_image(conn, image_id: str, where: str):
     with cloud_errors(f"{where}: watching image {image_id}"):
-        image = conn.image.get_image(image_id)
+        return _active(conn.image.get_image(image_id), where)
+
+
+def _active(image, where: str):
+    """The image once it is active, else None; a failed one is an error."""
     if image.status in ("killed", "deleted", "deactivated"):
-        raise CloudError(f"{where}: image {image_id} is {image.status}")
+        raise CloudError(f"{where}: image {image.id} is {image.status}")
     return image if image.status == "active" else None
-
-
-def _image_properties(
-    build_id: str, loaded: LoadedDefinition, inputs_hash: str, target: Target
-) -> dict[str, str]:
-    """What the image says about itself. Nova copies the base image's properties (SCS
-    metadata, hw_*) into the snapshot; these are added or replace them."""
-    base = target.base_image
-    now = dt.datetime.now(dt.UTC)
-    properties = {
-        TAG: "image",
-        "bakery_status": "candidate",
-        "bakery_definition": loaded.name,
-        "bakery_build_id": build_id,
-        "bakery_inputs_hash": inputs_hash,
-        "bakery_base_image_id": base.id,
-        "bakery_base_build_date": str(image_property(base, "image_build_date") or base.created_at),
-        "image_build_date": now.strftime("%Y-%m-%d %H:%M"),
-        "image_description": f"bakery golden image {loaded.name} ({build_id})"[:255],
-    }
-    versions = _component_versions(loaded)
-    properties.update({f"bakery_{name}": value for name, value in versions.items()})
-    return properties
-
-
-def _component_versions(loaded: LoadedDefinition) -> dict[str, str]:
-    c = loaded.definition.components
-    versions = {
-        "postgresql_major": str(c.postgresql.major),
-        "patroni": c.patroni.version,
-        "psycopg2": c.psycopg2.version,
-    }
-    if c.consul is not None:
-        versions["consul"] = c.consul.version
-    return versions
 
 
 def _delete_images(conn, name: str) -> None:

@@ -18,6 +18,9 @@ from typing import Any
 
 from .api import TAG, image_property
 
+# Besides TAG, on a builder's port.
+BUILDER_TAG = "bakery-builder"
+
 
 def utc(timestamp: Any) -> dt.datetime:
     """An OpenStack timestamp ('2026-11-26T01:02:03Z', or without a zone) as aware UTC."""
@@ -53,10 +56,19 @@ class Generation:
 
 def generations(conn, definition: str) -> list[Generation]:
     """This project's bakery images of `definition`, newest first."""
+    images = conn.image.images(owner=conn.current_project_id, tag=TAG)
+    return generations_in(images, conn.current_project_id, definition)
+
+
+def generations_in(images, project_id: str, definition: str) -> list[Generation]:
+    """The same, out of a list of images read already (any owner, any tag): tagged, or
+    carrying bakery's property (a snapshot whose tagging never happened is one too)."""
     found = [
         Generation.of(image)
-        for image in conn.image.images(owner=conn.current_project_id, tag=TAG)
-        if image_property(image, "bakery_definition") == definition
+        for image in images
+        if image.owner == project_id
+        and (TAG in (image.tags or []) or image_property(image, TAG) == "image")
+        and image_property(image, "bakery_definition") == definition
     ]
     return sorted(found, key=lambda g: g.created, reverse=True)
 
@@ -100,13 +112,29 @@ def plan_retirement(
     return RetirePlan(retire, delete, kept)
 
 
-def stale_builders(conn, now: dt.datetime, grace: dt.timedelta) -> list[Any]:
-    """Builder servers of this project older than any bake could still be running: left
-    behind by a bake killed without a chance to clean up (SIGKILL, a lost CI runner)."""
-    stale = []
-    for server in conn.compute.servers():
-        if (server.metadata or {}).get(TAG) != "builder":
-            continue
-        if now - utc(server.created_at) > grace:
-            stale.append(server)
-    return stale
+@dataclass(frozen=True)
+class BuilderPort:
+    """A builder's port (tagged `bakery-builder`), and its server where it has one."""
+
+    port_id: str
+    name: str
+    server_id: str | None
+    created: dt.datetime
+
+
+def builder_ports(ports) -> list[BuilderPort]:
+    return [
+        BuilderPort(p.id, p.name, p.device_id or None, utc(p.created_at))
+        for p in ports
+        if BUILDER_TAG in (p.tags or [])
+    ]
+
+
+def split_by_age(
+    builders: list[BuilderPort], now: dt.datetime, grace: dt.timedelta
+) -> tuple[list[BuilderPort], list[BuilderPort]]:
+    """(stale, recent): builders older than any bake could still be running, left by a bake
+    killed without a chance to clean up (SIGKILL, a lost CI runner); and the others, which
+    may belong to a bake running elsewhere, or to one killed a moment ago."""
+    stale = [b for b in builders if now - b.created > grace]
+    return stale, [b for b in builders if now - b.created <= grace]

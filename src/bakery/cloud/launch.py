@@ -94,12 +94,23 @@ def launch(
     settings: Settings, az_labels: Iterable[str], log: Callable[[str], None] = print
 ) -> LaunchResult:
     labels = planning.select_azs(settings, az_labels)
+    _check_restore_source(settings)
     with interrupt_on_sigterm():
         targets = _preflight(settings, labels, log)
         return _Launch(settings, targets, log).run(labels)
 
 
 # -- 1. preflight ---------------------------------------------------------------------------
+
+
+def _check_restore_source(settings: Settings) -> None:
+    """A cluster restored from a repository: the source must hold a backup to restore (to the
+    target time), or nothing is created."""
+    from ..repo.info import restore_problems
+
+    problems = restore_problems(settings)
+    if problems:
+        raise PreflightError([str(p) for p in problems])
 
 
 def _preflight(settings: Settings, labels: list[str], log) -> dict[str, AzTarget]:
@@ -156,6 +167,11 @@ def _resolve(settings: Settings, label: str, az: AvailabilityZone, conn) -> AzTa
             raise CloudError(
                 f"{where}: flavor {flavor.name} has a {flavor.disk} GB disk; image "
                 f"{image.name} needs {image.min_disk} GB"
+            )
+        if (flavor.ram or 0) < (image.min_ram or 0):  # released images carry min_ram
+            raise CloudError(
+                f"{where}: flavor {flavor.name} has {flavor.ram} MiB of RAM; image "
+                f"{image.name} needs {image.min_ram} MiB"
             )
         network = find_named(conn.network.find_network, az.network, "network", where)
         subnet = _subnet(conn, network, az, where)

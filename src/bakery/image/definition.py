@@ -2,7 +2,8 @@
 
 A definition says what goes into a golden image: the base (distribution, release, mirrors),
 the pinned components (PostgreSQL major and source, Patroni with its hash-pinned lock,
-psycopg2, pgBackRest, Consul with its SHA-256 per architecture, Nebula) and extra packages.
+psycopg2, pgBackRest, Consul with its SHA-256 per architecture, Nebula, the metrics exporters)
+and extra packages.
 From it follow the elements to run (`scripts/<element>/NN-verb-noun.sh`), the environment
 variables they read (each element declares them in its `environment` file) and `inputs_hash`,
 a hash over the definition and every file of the elements it uses, so a rebuild can tell
@@ -104,6 +105,13 @@ class Consul(Model):
     artifacts_dir: Path | None = None
 
 
+class Exporters(Model):
+    """Debian's metrics exporters; prefixes of the Debian versions (e.g. "1.5", "0.11")."""
+
+    node_exporter: Version | None = None
+    postgres_exporter: Version | None = None
+
+
 class Components(Model):
     postgresql: Postgresql = Postgresql()
     patroni: Patroni
@@ -111,6 +119,8 @@ class Components(Model):
     pgbackrest: PinnedPackage | None = PinnedPackage()
     consul: Consul | None = None
     nebula: PinnedPackage | None = PinnedPackage()
+    # node_exporter and postgres_exporter, disabled until a node bundle enables them.
+    exporters: Exporters | None = Exporters()
 
 
 class ImageDefinition(Model):
@@ -119,6 +129,9 @@ class ImageDefinition(Model):
     base: Base
     components: Components
     extra_packages: list[DebPackage] = []
+    # MiB a VM of this image needs to boot and run (the image's min_ram in the cloud, as
+    # SCS-0102 demands); unset: the RAM of the flavor the builder ran on.
+    min_ram: Annotated[int, Field(ge=64, le=4 * 1024 * 1024)] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,9 +152,11 @@ class LoadedDefinition:
         c = self.definition.components
         chosen = ["base", "postgresql"]
         chosen += ["pgbackrest"] if c.pgbackrest is not None else []
-        chosen += ["consul"] if c.consul is not None else []
+        chosen += ["consul", "consul-dns"] if c.consul is not None else []
         chosen += ["nebula"] if c.nebula is not None else []
-        chosen += ["patroni", "psycopg2", "units", "metadata-guard", "manifest", "generalize"]
+        chosen += ["patroni", "psycopg2", "units"]
+        chosen += ["exporters"] if c.exporters is not None else []
+        chosen += ["metadata-guard", "manifest", "generalize"]
         return chosen
 
     def element_env(
@@ -174,6 +189,9 @@ class LoadedDefinition:
             env["BAKERY_PGBACKREST_VERSION"] = c.pgbackrest.version or ""
         if c.nebula is not None:
             env["BAKERY_NEBULA_VERSION"] = c.nebula.version or ""
+        if c.exporters is not None:
+            env["BAKERY_NODE_EXPORTER_VERSION"] = c.exporters.node_exporter or ""
+            env["BAKERY_POSTGRES_EXPORTER_VERSION"] = c.exporters.postgres_exporter or ""
         if c.consul is not None:
             if arch not in c.consul.sha256:
                 raise ImageDefinitionError(

@@ -16,22 +16,32 @@ from .definition import LoadedDefinition
 RESULT_PREFIX = "BAKERY-RESULT "
 
 
-def last_result(text: str) -> dict | None:
-    """The last well-formed result line in `text` (a build log, a console log), or None.
+def console_objects(text: str, prefix: str) -> list[dict]:
+    """Every JSON object that follows `prefix` in `text` (a build log, a console log), in order.
 
-    Console logs interleave other output and may cut a line: lines that do not parse are
-    skipped, not fatal."""
-    for line in reversed(text.splitlines()):
-        start = line.find(RESULT_PREFIX)
+    Consoles interleave output: another program (a getty prompt, the kernel) may write before or
+    right after the object on the same line, and a console tail may cut a line. So the prefix is
+    looked for anywhere in a line, the object read up to its closing brace, and lines that do
+    not hold a whole object are skipped, not fatal."""
+    decoder = json.JSONDecoder()
+    found = []
+    for line in text.splitlines():
+        start = line.find(prefix)
         if start == -1:
             continue
         try:
-            result = json.loads(line[start + len(RESULT_PREFIX) :])
+            value, _ = decoder.raw_decode(line, start + len(prefix))
         except ValueError:
             continue
-        if isinstance(result, dict) and "status" in result:
-            return result
-    return None
+        if isinstance(value, dict):
+            found.append(value)
+    return found
+
+
+def last_result(text: str) -> dict | None:
+    """The last well-formed result in `text`, or None."""
+    results = [r for r in console_objects(text, RESULT_PREFIX) if "status" in r]
+    return results[-1] if results else None
 
 
 def manifest_problems(loaded: LoadedDefinition, build_id: str, manifest: Any) -> list[str]:
@@ -66,6 +76,11 @@ def manifest_problems(loaded: LoadedDefinition, build_id: str, manifest: Any) ->
     for name, pinned in (("pgbackrest", c.pgbackrest), ("nebula", c.nebula)):
         if pinned is not None:
             wanted.append((name, "package", pinned.version or "", True))
+    if c.exporters is not None:
+        wanted += [
+            ("prometheus-node-exporter", "package", c.exporters.node_exporter or "", True),
+            ("prometheus-postgres-exporter", "package", c.exporters.postgres_exporter or "", True),
+        ]
     for name, field, pin, prefix in wanted:
         found = installed(name, field)
         text = "" if found is None else str(found)

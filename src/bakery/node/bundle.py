@@ -19,6 +19,7 @@ from ..config import Settings
 from ..errors import BakeryError, ConfigError, Problem
 from ..secrets import Secret, SecretStore
 from ..templating import make_environment, render
+from . import backup, consul_dns, monitoring
 from .plan import Node, Plan
 
 # Nova refuses user-data whose base64 form is larger than this.
@@ -84,14 +85,16 @@ class _ClusterMaterial:
     gossip_key: Secret | None
     acl_token: Secret | None
     admin_verifier: str
-    s3_key: Secret | None
-    s3_key_secret: Secret | None
+    backup: backup.BackupMaterial
+    monitor_verifier: str
+    dns_token: Secret | None
 
 
 def build_bundles(settings: Settings, plan: Plan, environ: dict[str, str] | None = None) -> list:
     """Render and check every node's bundle. Creates secrets and certificates in the state
     directory on first use, but only after every preflight check has passed."""
     _check_addresses_allowed(settings, plan)
+    monitoring.check_plan(settings, plan)
     material = _prepare(settings, environ)
     env = make_environment(settings.template_overrides)
     return [_bundle(settings, env, material, node) for node in plan.nodes]
@@ -138,11 +141,10 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
         resolve(consul.gossip_key, f"{where}.gossip_key") if consul and consul.gossip_key else None
     )
     token = resolve(consul.acl_token, f"{where}.acl_token") if consul and consul.acl_token else None
-    repo = settings.cluster.pgbackrest.repo
-    s3_key = s3_secret = None
-    if repo.type == "s3":
-        s3_key = resolve(repo.key, "bakery.cluster.pgbackrest.repo.key")
-        s3_secret = resolve(repo.key_secret, "bakery.cluster.pgbackrest.repo.key_secret")
+    dns_token = (
+        resolve(consul.dns_token, f"{where}.dns_token") if consul and consul.dns_token else None
+    )
+    backup_material = backup.prepare(settings, store)
     # Passwords last: they are the only thing written to the state directory here.
     return _ClusterMaterial(
         ca,
@@ -151,8 +153,9 @@ def _prepare(settings: Settings, environ: dict[str, str] | None) -> _ClusterMate
         gossip,
         token,
         store.scram_verifier("admin"),
-        s3_key,
-        s3_secret,
+        backup.generate(settings, store, backup_material),
+        store.scram_verifier("monitor"),
+        dns_token,
     )
 
 
@@ -162,7 +165,8 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
     cluster = settings.cluster
     paths = NodePaths(cluster.postgresql.major)
     node_dir = settings.state_dir / "nodes" / node.name
-    spec = pki.LeafSpec(node.name, (node.name,), tuple(node.addresses), settings.pki.cert_days)
+    names = (node.name, *consul_dns.certificate_names(settings))
+    spec = pki.LeafSpec(node.name, names, tuple(node.addresses), settings.pki.cert_days)
     tls = pki.issue_cached(node_dir, "node", material.ca, spec)
     context = _context(settings, material, node, paths)
     text = {
@@ -173,7 +177,13 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
     }
     checks.check_patroni(text["patroni.yml"], context)
     checks.check_envfile(text["patroni.env"], context)
-    checks.check_ini(text["pgbackrest.conf"], context)
+    checks.check_pgbackrest(
+        text["pgbackrest.conf"],
+        f"pgbackrest.conf of {node.name}",
+        cluster.scope,
+        context["repo_options"],
+        paths.data_dir,
+    )
     files = [
         BundleFile(paths.config, text["patroni.yml"], "postgres:postgres", "0600"),
         BundleFile(paths.env, text["patroni.env"], "postgres:postgres", "0600"),
@@ -183,15 +193,25 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
         BundleFile(paths.node_key, tls.key_pem, "postgres:postgres", "0600"),
         BundleFile(paths.pgbackrest, text["pgbackrest.conf"], "postgres:postgres", "0600"),
     ]
+    files += _backup_files(settings, env, context, material, node)
     services = []
+    restart = []
     if settings.overlay.type == "nebula":
         files += _nebula_files(settings, env, context, node, node_dir)
         services.append("nebula.service")
     if cluster.dcs.type == "consul":
         files += _consul_files(settings, env, context, material, node, node_dir)
         services.append("consul.service")
+        if consul_dns.enabled(settings):
+            files += [BundleFile(*f) for f in consul_dns.files(env, context)]
+            services.append(consul_dns.SERVICE)
+            restart.append(consul_dns.RESOLVED)
     services.append("patroni.service")
-    runcmd = service_commands(services)
+    services += backup.timers(settings)
+    if context["exporters"] is not None:
+        files += _exporter_files(env, context, material)
+        services += monitoring.SERVICES
+    runcmd = service_commands(services, restart)
     write_files = [
         {"path": f.path, "owner": f.owner, "permissions": f.mode, "content": f.content}
         for f in files
@@ -207,16 +227,38 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
     return bundle
 
 
-def service_commands(services: list[str]) -> list[list[str]]:
+def service_commands(services: list[str], restart: list[str] | None = None) -> list[list[str]]:
     """What the user-data runs: enable the node's services, then start them.
 
     `--no-reload`: the units are already loaded from the image; enabling only adds symlinks, and
     the daemon reload that `enable --now` would do costs seconds of first boot under emulation.
-    The units order themselves (patroni after consul after nebula).
+    The units order themselves (patroni after consul after nebula). `restart`: running services
+    whose configuration the bundle changed (systemd-resolved, for the Consul DNS forwarding),
+    restarted before the node's own services start.
     """
+    restarts = [["systemctl", "restart", *restart]] if restart else []
     return [
         ["systemctl", "--no-reload", "enable", *services],
+        *restarts,
         ["systemctl", "start", *services],
+    ]
+
+
+def _exporter_files(env, context, material: _ClusterMaterial) -> list[BundleFile]:
+    """The exporters' settings, the postgres_exporter's password and the scrape guard."""
+    text = render(env, "exporters.env.j2", **context)
+    checks.check_exporters_env(text, context)
+    password = monitoring.password_file_content(material.passwords["monitor"].value)
+    return [
+        BundleFile(monitoring.ENV_FILE, text, "root:root", "0644"),
+        # Only postgres_exporter's user reads it; the unit never puts it on a command line.
+        BundleFile(monitoring.PASSWORD_FILE, password, "prometheus:prometheus", "0600"),
+        BundleFile(
+            monitoring.GUARD_FILE,
+            render(env, "scrape-guard.nft.j2", **context),
+            "root:root",
+            "0644",
+        ),
     ]
 
 
@@ -233,12 +275,7 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
         "max_wal_senders": 10,
         "max_replication_slots": 10,
     }
-    if cluster.pgbackrest.archive:
-        cluster_parameters |= {
-            "archive_mode": "on",
-            # Cluster-wide (it lives in the DCS): nothing node-specific may appear in it.
-            "archive_command": f"pgbackrest --stanza={cluster.scope} archive-push %p",
-        }
+    cluster_parameters |= backup.cluster_parameters(settings)
     cluster_parameters |= pg.parameters
     bootstrap_dcs = {
         "ttl": timings.ttl,
@@ -254,6 +291,10 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
             "parameters": cluster_parameters,
         },
     }
+    recovery_conf = backup.recovery_conf(settings)
+    if recovery_conf:
+        bootstrap_dcs["postgresql"]["recovery_conf"] = recovery_conf
+    replica_methods, replica_pgbackrest = backup.replica_methods(settings)
     local_parameters = {
         "ssl": "on",
         "ssl_cert_file": paths.node_cert,
@@ -274,28 +315,35 @@ def _context(settings: Settings, material: _ClusterMaterial, node: Node, paths: 
         "passwords": material.passwords,
         "consul_token": material.acl_token,
         "admin_verifier": material.admin_verifier,
+        "monitor_role": monitoring.MONITOR_ROLE,
+        "monitor_verifier": material.monitor_verifier,
+        "exporters": monitoring.exporters(settings, node),
         "bootstrap_dcs": bootstrap_dcs,
         "local_parameters": local_parameters,
-        "pg_hba": pg_hba(pg.allowed_networks),
+        "pg_hba": pg_hba(pg.allowed_networks, monitoring.pg_hba_lines(settings)),
         "etcd_hosts": [f"{m.address}:{dcs.etcd3.port}" for m in dcs.members] if dcs.etcd3 else [],
-        "repo": cluster.pgbackrest.repo,
-        "retention_full": cluster.pgbackrest.retention_full,
-        "s3_key": material.s3_key,
-        "s3_key_secret": material.s3_key_secret,
+        "replica_methods": replica_methods,
+        "replica_pgbackrest": replica_pgbackrest,
+        "restore_method_name": backup.RESTORE_METHOD,
+        "restore_method": backup.restore_method(settings),
+        "backup_job": backup.JOB,
+        **backup.conf_context(settings, material.backup),
     }
 
 
-def pg_hba(networks: list) -> list[str]:
+def pg_hba(networks: list, monitor: list[str] | None = None) -> list[str]:
     """Client authentication: TLS and SCRAM from the allowed networks, nothing else.
 
     Patroni's local replication check connects to 127.0.0.1 without TLS, hence that one line.
-    Order matters: PostgreSQL takes the first line that matches.
+    Order matters: PostgreSQL takes the first line that matches. `monitor`: the monitor role's
+    own lines (monitoring.pg_hba_lines), before the allowed networks'.
     """
     lines = [
         "local all postgres peer",
         "local all all scram-sha-256",
         "host all all 127.0.0.1/32 scram-sha-256",
         "host replication replicator 127.0.0.1/32 scram-sha-256",
+        *(monitor or []),
     ]
     for net in networks:
         lines.append(f"hostssl replication replicator {net} scram-sha-256")
@@ -328,6 +376,7 @@ def _nebula_files(settings, env, context, node: Node, node_dir: Path) -> list[Bu
             str(lh.overlay_address): [lh.public_address] for lh in overlay.lighthouses
         },
         "lighthouse_hosts": [str(lh.overlay_address) for lh in overlay.lighthouses],
+        "monitoring_rules": monitoring.nebula_rules(settings),
     }
     config = render(env, "nebula.yml.j2", **nebula_context)
     checks.check_nebula(config, nebula_context)
@@ -337,6 +386,32 @@ def _nebula_files(settings, env, context, node: Node, node_dir: Path) -> list[Bu
         BundleFile("/etc/nebula/host.crt", host.cert_pem, "root:root", "0644"),
         BundleFile("/etc/nebula/host.key", host.key_pem, "root:root", "0600"),
     ]
+
+
+def _backup_files(settings, env, context, material, node: Node) -> list[BundleFile]:
+    """The repositories' CA files, the restore source's configuration and the backup
+    schedule (docs/backups.md); pgbackrest.conf itself is among the node's main files."""
+    access = material.backup
+    files = []
+    if access.repo.ca_pem is not None:
+        files.append(BundleFile(backup.REPO_CA, access.repo.ca_pem, "postgres:postgres", "0644"))
+    if context["restore_options"] is not None:
+        text = render(env, "pgbackrest-restore.conf.j2", **context)
+        checks.check_pgbackrest(
+            text,
+            f"restore.conf of {node.name}",
+            context["restore_stanza"],
+            context["restore_options"],
+            context["paths"].data_dir,
+        )
+        # It holds the source repository's keys.
+        files.append(BundleFile(backup.RESTORE_CONF, text, "postgres:postgres", "0600"))
+        source = access.restore
+        if source is not None and source.ca_pem is not None:
+            files.append(BundleFile(backup.RESTORE_CA, source.ca_pem, "postgres:postgres", "0644"))
+    for path, text in backup.schedule_dropins(settings).items():
+        files.append(BundleFile(path, text, "root:root", "0644"))
+    return files
 
 
 def _consul_files(settings, env, context, material, node: Node, node_dir: Path):
@@ -349,6 +424,8 @@ def _consul_files(settings, env, context, material, node: Node, node_dir: Path):
         "retry_join": [m.address for m in settings.cluster.dcs.members],
         "gossip_key": material.gossip_key,
         "acl_token": material.acl_token,
+        "dns_token": material.dns_token,
+        "consul_dns_port": consul_dns.CONSUL_DNS_PORT,
     }
     text = render(env, "consul.hcl.j2", **consul_context)
     checks.check_consul(text, consul_context)

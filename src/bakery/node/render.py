@@ -15,8 +15,9 @@ from pathlib import Path
 from ..config import Settings
 from ..errors import BakeryError
 from ..files import write_file
+from . import monitoring
 from . import plan as planning
-from .bundle import Bundle, build_bundles, describe, node_file_path
+from .bundle import RESTAPI_PORT, Bundle, build_bundles, describe, node_file_path
 
 MANIFEST = "manifest.json"
 
@@ -29,6 +30,14 @@ def render_cluster(
     bundles = build_bundles(settings, plan, environ)
     planning.save(settings, plan)
     return bundles
+
+
+def prometheus_files(settings: Settings, bundles: list[Bundle]) -> dict[str, str]:
+    """DIR/prometheus/: what Prometheus needs to scrape these nodes (deploy/prometheus)."""
+    ca = settings.pki.ca_cert.read_text()
+    nodes = [(b.node, f"{b.node.address}:{RESTAPI_PORT}") for b in bundles]
+    files = monitoring.prometheus_files(settings, nodes, ca)
+    return {f"{monitoring.PROMETHEUS_DIR}/{name}": content for name, content in files.items()}
 
 
 # Marks a directory as a render, which a later render may replace (and nothing else may be).
@@ -53,7 +62,11 @@ def _is_render(out: Path) -> bool:
         return False
 
 
-def write_bundles(bundles: list[Bundle], out: Path, scope: str) -> None:
+def write_bundles(
+    bundles: list[Bundle], out: Path, scope: str, extra: dict[str, str] | None = None
+) -> None:
+    """`extra`: further files of the render (relative path -> content), such as the target
+    list for Prometheus (monitoring.prometheus_files)."""
     check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -63,6 +76,8 @@ def write_bundles(bundles: list[Bundle], out: Path, scope: str) -> None:
             write_file(node_dir / "user-data", bundle.user_data, 0o600)
             for f in bundle.files:
                 write_file(node_file_path(node_dir / "files", f.path), f.content, int(f.mode, 8))
+        for relative, content in (extra or {}).items():
+            write_file(staging / relative, content)
         manifest = {"kind": KIND, "scope": scope, "nodes": [describe(b) for b in bundles]}
         write_file(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         staging.chmod(0o700)

@@ -94,6 +94,12 @@ def _manifest(env, mode):
     for name in ("pgbackrest", "nebula"):
         if f"BAKERY_{name.upper()}_VERSION" in env:
             components[name] = {"package": env[f"BAKERY_{name.upper()}_VERSION"] + "-fake1"}
+    for name, variable in (
+        ("prometheus-node-exporter", "BAKERY_NODE_EXPORTER_VERSION"),
+        ("prometheus-postgres-exporter", "BAKERY_POSTGRES_EXPORTER_VERSION"),
+    ):
+        if variable in env:
+            components[name] = {"package": env[variable] + "-fake1"}
     return {
         "schema": 1,
         "image": env.get("BAKERY_IMAGE_NAME"),
