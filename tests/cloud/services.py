@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import plugins
 from .config import COMPUTE_HOSTS, sqlite
 from .layout import HOST, PORTS, REGION, Layout, write_private
 
@@ -28,7 +29,7 @@ def run(layout: Layout, log_name: str, argv: list, env: dict[str, str] | None = 
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **plugins.service_env(), **(env or {})},
             cwd=layout.root,
             timeout=300,
             check=False,
@@ -148,4 +149,5 @@ def processes(layout: Layout, venvs: dict[str, Path]) -> dict[str, tuple[list[st
         procs[f"nova-compute-{host}"] = (argv, guests)
     underlay = [sys.executable, "-m", "tests.cloud.underlay", "--state", str(layout.root)]
     procs["bakery-net"] = (underlay, {"PYTHONPATH": str(REPO)})
-    return procs
+    # The drivers in the shared venvs are shims that load this checkout's (plugins.py).
+    return {name: (argv, {**env, **plugins.service_env()}) for name, (argv, env) in procs.items()}

@@ -1,9 +1,10 @@
 """Nova virt driver for the test cloud: plays the guest of a builder server, and runs every
 other server as a real guest (tests/cloud/guest.py: a node runner process per server).
 
-Nova loads virt drivers only from the `nova.virt` package, so tests/cloud/plugins.py copies
-this file to `nova/virt/bakery_guest.py` in the Nova venv (`compute_driver =
-bakery_guest.GuestPlayingDriver`).
+Nova loads virt drivers only from the `nova.virt` package, so tests/cloud/plugins.py puts a
+shim at `nova/virt/bakery_guest.py` in the shared Nova venv (`compute_driver =
+bakery_guest.GuestPlayingDriver`) that loads this file from the stack's own checkout
+($BAKERY_CLOUD_PLUGINS).
 
 Every server has a disk directory `<instances_path>/<uuid>/` whose `console.log` is its
 console (it survives a restart of nova-compute). A server that is no builder is a guest: spawn
@@ -145,6 +146,14 @@ def _port(network_info):
 
 class GuestPlayingDriver(fake.FakeDriverWithoutFakeNodes):
     def __init__(self, virtapi, read_only=False):
+        # A stack of an older checkout copies its driver over the shim: refuse to run another
+        # checkout's code rather than play its guests.
+        here = os.path.realpath(__file__)
+        if GUEST_REPO and not here.startswith(os.path.realpath(GUEST_REPO) + os.sep):
+            raise exception.NovaException(
+                f"bakery-guest: {here} is not the driver of {GUEST_REPO}: the shared Nova venv "
+                "holds another checkout's copy instead of the shim (tests/cloud/plugins.py)"
+            )
         super().__init__(virtapi, read_only)
         self._vms = {}  # uuid -> Popen of the guest's VM process
 
