@@ -29,6 +29,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from units import DISTRIBUTION_UNITS, UNIT_TYPES
+
 from bakery.image.definition import SCRIPTS_DIR, declared_inputs, load_definition
 
 # Directories of bakery's own in the image, (path, owner, group, mode): made on a guest's
@@ -39,6 +41,7 @@ IMAGE_DIRS = [
     ("/usr/lib/bakery", "root", "root", 0o755),
     ("/var/lib/bakery", "root", "root", 0o755),
     ("/var/lib/bakery/status", "root", "postgres", 0o775),
+    ("/var/lib/bakery/metrics", "root", "root", 0o755),  # node_exporter's textfile directory
 ]
 MOUNTED = ["/etc/bakery", "/usr/lib/bakery", "/var/lib/bakery"]
 MANIFEST = "/etc/bakery/manifest.json"
@@ -108,12 +111,18 @@ def for_image(properties: dict[str, str]) -> GuestImage:
             for m in INSTALL.finditer(text):
                 dest = VARIABLE.sub(lambda v, d=defaults: d.get(v[1], v[0]), m["dest"])
                 source = SCRIPTS_DIR / element / "files" / m["name"]
-                if source.suffix in (".service", ".timer") or "$" in dest:
+                if source.suffix in UNIT_TYPES or "$" in dest:
                     continue  # units are read from the repository by name
                 image.files.append(ImageFile(source, dest, m["owner"], int(m["mode"], 8)))
         for unit in sorted((SCRIPTS_DIR / element / "files").glob("*")):
-            if unit.suffix in (".service", ".timer"):
+            if unit.suffix in UNIT_TYPES:
                 image.units[unit.name] = unit
+        # The distribution's units the element extends with drop-ins (its packages'),
+        # as installed on the test machine by the tier's setup.
+        for dropins in sorted((SCRIPTS_DIR / element / "files").glob("*.d")):
+            name = dropins.name.removesuffix(".d")
+            if name not in image.units and (DISTRIBUTION_UNITS / name).exists():
+                image.units[name] = DISTRIBUTION_UNITS / name
     image.manifest = _manifest(properties)
     return image
 

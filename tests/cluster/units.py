@@ -9,7 +9,9 @@ with RemainAfterExit), Condition{PathExists,PathIsDirectory,FileNotEmpty,FileIsE
 (with `!`), KillMode, KillSignal, SendSIGKILL, TimeoutSec/TimeoutStopSec, Restart and
 RestartSec (for a caller that polls), After/Before ordering, StandardOutput/StandardError
 (journal, and console or tty when the node has a console), and timers with monotonic triggers
-(OnBootSec, OnStartupSec, OnActiveSec, OnUnitActiveSec, OnUnitInactiveSec). Units come from
+(OnBootSec, OnStartupSec, OnActiveSec, OnUnitActiveSec, OnUnitInactiveSec), path units with
+PathChanged/PathModified (the watched path's modification time, checked at each poll). Units
+come from
 the elements, or from the distribution (installed here by the tiers' setup) where an element
 extends them with drop-ins (`files/<unit>.d/*.conf`, read after the unit, as systemd reads
 them); `name@instance` units from their template.
@@ -40,6 +42,8 @@ from processes import Started, Supervisor, alive, kill, start_time, wait_gone
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 DISTRIBUTION_UNITS = Path("/lib/systemd/system")
+UNIT_TYPES = (".service", ".timer", ".path")
+PATH_KEYS = ("PathChanged", "PathModified")  # watched by mtime; the other Path*= are not
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TIMEOUT = 90.0  # systemd's DefaultTimeoutStartSec and DefaultTimeoutStopSec
 ONESHOT_GUARD = 600.0  # a oneshot has no start timeout in systemd; a test must end
@@ -64,7 +68,7 @@ def unit_files(scripts: Path = SCRIPTS) -> dict[str, Path]:
     units those elements extend with drop-ins (installed here by the tiers' setup)."""
     found: dict[str, Path] = {}
     for path in sorted(scripts.glob("*/files/*")):
-        if path.suffix not in (".service", ".timer"):
+        if path.suffix not in UNIT_TYPES:
             continue
         if path.name in found:
             raise UnitError(f"unit {path.name} is in {found[path.name]} and {path}")
@@ -279,6 +283,10 @@ class Unit:
     def timer_target(self) -> str:
         return self.value("Timer", "Unit", self.name.removesuffix(".timer") + ".service")
 
+    @property
+    def path_target(self) -> str:
+        return self.value("Path", "Unit", self.name.removesuffix(".path") + ".service")
+
 
 def descendants(pid: int) -> list[int]:
     """`pid` and every process below it, by parent links (what of a unit systemd's cgroup
@@ -322,6 +330,7 @@ class Systemd:
     _due: dict[str, float] = field(default_factory=dict)  # restarts and timers: unit -> when
     _starts: dict[str, list[float]] = field(default_factory=dict)
     _timers: dict[str, Unit] = field(default_factory=dict)
+    _paths: dict[str, tuple[Unit, list[float | None]]] = field(default_factory=dict)
     _last: dict[str, tuple[float, float]] = field(default_factory=dict)  # (activated, ended)
 
     # --- units ------------------------------------------------------------------------------
@@ -368,6 +377,8 @@ class Systemd:
         self.failed.discard(name)
         if name.endswith(".timer"):
             return self._start_timer(unit)
+        if name.endswith(".path"):
+            return self._start_path(unit)
         unmet = [f"{k}={v}" for k, v in unit.conditions if not self._condition(k, v)]
         if unmet:
             self.notes.append(f"{name}: condition check resulted in skipping: {unmet[0]}")
@@ -507,6 +518,26 @@ class Systemd:
         if ahead:
             self._due[timer.name] = max(min(ahead), now)
 
+    # --- path units ---------------------------------------------------------------------------
+    def _start_path(self, unit: Unit) -> None:
+        other = [k for k in unit.sections.get("Path", {}) if k.startswith("Path")]
+        for key in sorted(set(other) - set(PATH_KEYS)):
+            self.notes.append(f"{unit.name}: {key} is not emulated; never triggers")
+        self._paths[unit.name] = (unit, self._path_times(unit))
+        self.order.append(unit.name)
+        self._status(f"[  OK  ] Started {unit.name} - {unit.description}.")
+        return None
+
+    def _path_times(self, unit: Unit) -> list[float | None]:
+        times: list[float | None] = []
+        for key in PATH_KEYS:
+            for value in unit.values("Path", key):
+                try:
+                    times.append((self.root / value.lstrip("/")).stat().st_mtime)
+                except OSError:
+                    times.append(None)
+        return times
+
     # --- watching -----------------------------------------------------------------------------
     def poll(self) -> None:
         """What systemd does between jobs: notice exited services, restart them as Restart=
@@ -544,6 +575,15 @@ class Systemd:
                 self.notes.append(str(error))
             if name in self._timers and name in self.order:
                 self._arm(self._timers[name])
+        for name, (unit, seen) in list(self._paths.items()):
+            now_times = self._path_times(unit)
+            if now_times == seen:
+                continue
+            self._paths[name] = (unit, now_times)
+            try:
+                self.start(unit.path_target)
+            except UnitError as error:
+                self.notes.append(str(error))
 
     @staticmethod
     def _restarts(unit: Unit, code: int, clean: bool) -> bool:
@@ -561,8 +601,9 @@ class Systemd:
         """`systemctl stop`: ExecStop (with $MAINPID), then KillSignal to what KillMode names,
         SIGKILL at TimeoutStopSec, then ExecStopPost."""
         self._due.pop(name, None)
-        if name in self._timers:
-            self._timers.pop(name)
+        if name in self._timers or name in self._paths:
+            self._timers.pop(name, None)
+            self._paths.pop(name, None)
             self.order.remove(name)
             return
         unit = self.unit(name)
@@ -625,3 +666,4 @@ class Systemd:
         self.order.clear()
         self._due.clear()
         self._timers.clear()
+        self._paths.clear()

@@ -157,3 +157,32 @@ def test_monotonic_timers_fire_their_service(tmp_path):
     assert "once.timer: calendar timers are not emulated; never fires" in systemd.notes
     systemd.stop_all()
     assert systemd.order == []
+
+
+def test_a_path_unit_starts_its_service_when_the_watched_directory_changes(tmp_path):
+    watched = tmp_path / "status"
+    watched.mkdir()
+    out = tmp_path / "out"
+    scripts = tmp_path / "scripts" / "e" / "files"
+    scripts.mkdir(parents=True)
+    (tmp_path / "logs").mkdir()
+    (scripts / "job-metrics.path").write_text(
+        f"[Unit]\nDescription=watch\n[Path]\nPathChanged={watched}\nUnit=job-metrics.service\n"
+    )
+    (scripts / "job-metrics.service").write_text(
+        f"[Service]\nType=oneshot\nExecStart=/bin/sh -c 'ls {watched} > {out}'\n"
+    )
+    systemd = Systemd(
+        "n", [], Path("/"), Supervisor(tmp_path / "logs"), units=unit_files(tmp_path / "scripts")
+    )
+    systemd.start_all(["job-metrics.path"])
+    systemd.poll()
+    assert not out.exists()  # nothing changed yet
+    time.sleep(0.02)  # a later modification time than the start's
+    (watched / "backup.json").write_text("{}")
+    systemd.poll()
+    assert out.read_text() == "backup.json\n"
+    systemd.stop("job-metrics.path")
+    (watched / "stanza.json").write_text("{}")
+    systemd.poll()
+    assert out.read_text() == "backup.json\n"  # stopped: watches no more
