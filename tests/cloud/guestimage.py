@@ -42,8 +42,9 @@ IMAGE_DIRS = [
     ("/var/lib/bakery", "root", "root", 0o755),
     ("/var/lib/bakery/status", "root", "postgres", 0o775),
     ("/var/lib/bakery/metrics", "root", "root", 0o755),  # node_exporter's textfile directory
+    ("/usr/local/sbin", "root", "root", 0o755),  # bakery-job-metrics (empty on Debian)
 ]
-MOUNTED = ["/etc/bakery", "/usr/lib/bakery", "/var/lib/bakery"]
+MOUNTED = ["/etc/bakery", "/usr/lib/bakery", "/var/lib/bakery", "/usr/local/sbin"]
 MANIFEST = "/etc/bakery/manifest.json"
 INSTALL = re.compile(
     r'install-if-changed\s+"\$files/(?P<name>[^"$]+)"\s+"?(?P<dest>[^"\s]+)"?\s+'
