@@ -54,7 +54,8 @@ def test_launch_starts_each_node_in_its_az_with_its_own_bundle(
 ):
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(cloud.clouds_yaml))
     config = _launch_config(cloud, tmp_path, **{"azs.a.security_groups": ["default"]})
-    # The guests are played (no reporter yet): nothing would ever report a healthy cluster.
+    # Without the outside (lighthouse and DCS, test_cluster.py) these nodes never form a
+    # cluster: the launch's own part, without its wait.
     result = launch(_settings(config), ["a", "b"], log=lambda line: None, wait=False)
 
     admin = cloud.connect(cloud.admin_cloud)
