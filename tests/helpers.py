@@ -95,7 +95,11 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def invoke(
-    *args: str, cwd: Path = PROJECT, env: dict | None = None, root: Path = PROJECT
+    *args: str,
+    cwd: Path = PROJECT,
+    env: dict | None = None,
+    root: Path = PROJECT,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess:
     """Run the real `invoke` command line with the tasks.py found in `root`."""
     full_env = {**os.environ, **(env or {})}
@@ -105,7 +109,7 @@ def invoke(
         capture_output=True,
         text=True,
         env=full_env,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 

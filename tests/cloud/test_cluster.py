@@ -50,7 +50,8 @@ def launched(cloud, released, tmp_path_factory, cloud_report, request):
     try:
         cluster.start_outside()
         started = time.monotonic()
-        result = run_task(cloud, config, "launch", "--az", "a", "--az", "b")
+        # Launch waits for a healthy cluster (lifecycle.launch_timeout), read from the consoles.
+        result = run_task(cloud, config, "launch", "--az", "a", "--az", "b", timeout=900)
         assert result.returncode == 0, result.stderr
         cluster.attach(conns, cloud.connect(cloud.admin_cloud))
         cluster.wait_healthy(300)

@@ -335,7 +335,7 @@ def test_an_interrupted_roll_is_finished_by_the_next_one_never_two_nodes_down(li
     the rest after it."""
     c = life.cluster
     leader, replica = c.heal()
-    ports = life.ports()
+    ports, previous = life.ports(), life.newest()
     journal = life.state_dir / f"roll-{SCOPE}.json"
     with DownWatch(c) as watch:
         argv = [str(INVOKE), "--search-root", str(PROJECT), "-f", str(life.config)]
@@ -363,13 +363,13 @@ def test_an_interrupted_roll_is_finished_by_the_next_one_never_two_nodes_down(li
         assert proc.returncode == 143, "".join(seen)[-3000:]
         assert json.loads(journal.read_text())["node"] == replica
         target = life.newest()
-        assert target != life.facts["generation 2"]  # the rebuild released generation 3
+        assert target != previous  # the rebuild released a new generation
 
         result = task(life, "roll")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    assert f"{replica}: left in transition by an earlier roll" in result.stdout or (
-        f"1. {replica} (missing" in result.stdout
-    ), result.stdout
+    # It went on with the node in transition (whatever state the interrupt left its server in).
+    plan = [line for line in result.stdout.splitlines() if line.startswith("bakery: 1. ")]
+    assert plan and plan[0].startswith(f"bakery: 1. {replica} ("), result.stdout
     life.attach()
     c.wait_healthy(60)
     assert on_images(life) == target
@@ -423,7 +423,8 @@ def test_destroy_then_a_new_launch_of_the_same_scope_bootstraps(life, cloud_repo
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "deleted 2 server(s) and 2 port(s)" in result.stdout
     # The DCS is out of this machine's reach (lifecycle.dcs_url unset): it says what to do.
-    assert f"etcdctl del --prefix /service/{SCOPE}/" in result.stdout
+    namespace = c.settings["cluster"]["namespace"]
+    assert f"`etcdctl del --prefix /{namespace}/{SCOPE}/`" in result.stdout
     assert life.servers() == {} and life.ports() == {}
     assert len(own_images(life.conns[life.cloud.clouds[0]])) >= 3  # images are left alone
     c.clear_dcs()  # what that command does, through etcd's JSON gateway

@@ -48,8 +48,8 @@ def cloud_env(cloud) -> dict:
     return {"OS_CLIENT_CONFIG_FILE": str(cloud.clouds_yaml), "PYTHONWARNINGS": "ignore"}
 
 
-def run_task(cloud, config: Path, *args: str) -> subprocess.CompletedProcess:
-    return invoke("-f", str(config), *args, env=cloud_env(cloud))
+def run_task(cloud, config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return invoke("-f", str(config), *args, env=cloud_env(cloud), timeout=timeout)
 
 
 def prop(image, key: str):
