@@ -25,7 +25,7 @@ from tests.helpers import INVOKE, PROJECT
 from tests.sigterm import teardown_first
 
 from .outside import LaunchedCluster
-from .workflow import cloud_env, cluster_config, own_images, prop, remove_leftovers, run_task
+from .workflow import cloud_env, cluster_config, end_cluster, own_images, prop, run_task
 
 pytestmark = [
     pytest.mark.slow,
@@ -128,17 +128,7 @@ def life(cloud, released, tmp_path_factory, cloud_report, request):
         yield life
     finally:
         with teardown_first():
-            failed = request.session.testsfailed != failed_before
-            if failed:
-                cluster.keep_guest_files()
-            for conn in conns.values():
-                remove_leftovers(conn, images=False)
-            problems = cluster.teardown()
-            if problems or failed:
-                print(f"\nlifecycle: files of the outside of {cluster.run_id} in {cluster.base}")
-            else:
-                cluster.remove_files()
-            assert not problems, f"the cluster's outside left things behind: {problems}"
+            end_cluster(cluster, conns.values(), request.session.testsfailed != failed_before)
 
 
 # --- watching the cluster while it changes ------------------------------------------------------
