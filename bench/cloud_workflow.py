@@ -9,7 +9,10 @@ through a counting reverse proxy (tests/cloud/counting_proxy.py). Rounds interle
 - `invoke bake` in one environment, then in two (≈ 1: they build in parallel);
 - `invoke rebuild` with nothing to do, two environments;
 - Ctrl-C while two environments build: seconds from the signal to the exit, nothing left;
-- launch of two nodes (one per environment), then their removal.
+- launch of two nodes (one per environment), then their removal;
+- launch to healthy cluster: from the launch's start until one leader and a streaming replica,
+  the nodes being real guests (tests/cloud/guest.py) with the lighthouse and etcd outside both
+  environments (tests/cloud/outside.py); the DCS keys are cleared between rounds.
 Then one bake whose builder never finishes, with build_timeout 600: the polls a 10-minute
 build costs (`--long-build 0` leaves it out).
 
@@ -36,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.cloud.conftest import CloudTier  # noqa: E402
 from tests.cloud.counting_proxy import CountingProxy, Request  # noqa: E402
+from tests.cloud.outside import LaunchedCluster  # noqa: E402
 from tests.cloud.provision import BASE_IMAGE, upload_base_image, wait_for_image  # noqa: E402
 from tests.cloud.stack import Stack  # noqa: E402
 from tests.cloud.workflow import cluster_config, remove_leftovers  # noqa: E402
@@ -91,6 +95,7 @@ class Bench:
         )
         self.walls: dict[str, list[float]] = {row: [] for row in ROWS}
         self.counts: dict[str, list[int]] = {row: [] for row in ROWS}
+        self.healthy: list[float] = []  # launch to healthy cluster, seconds
 
     def _invoke(self, config: Path, *args: str) -> list[str]:
         return [str(INVOKE), "--search-root", str(ROOT), "-f", str(config), *args]
@@ -195,6 +200,7 @@ def main() -> None:
     info = stack.up() if started else stack.info()
     cloud = CloudTier.of(info)
     conns = [cloud.connect(name) for name in cloud.clouds]
+    admin = cloud.connect(cloud.admin_cloud)
     load = os.getloadavg()[0]
     long_requests: list[Request] = []
     try:
@@ -207,20 +213,33 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp, CountingProxy() as proxy:
             bench = Bench(cloud, proxy, Path(tmp))
             subprocess.run(bench._invoke(bench.config, "ca"), env=bench.env, check=True)
-            for round_ in range(args.rounds):
-                bench.packer(round_)
-                bench.timed(ROWS[1], bench._invoke(bench.config, "bake", "-e", "e1"))
-                bench.timed(ROWS[2], bench._invoke(bench.config, "bake"))
-                bench.timed(ROWS[3], bench._invoke(bench.config, "rebuild"))
-                bench.ctrl_c()
-                bench.timed(ROWS[5], bench._invoke(bench.config, "launch"))
+            outside = LaunchedCluster(config=bench.config)
+            try:
+                outside.start_outside()
+                for round_ in range(args.rounds):
+                    bench.packer(round_)
+                    bench.timed(ROWS[1], bench._invoke(bench.config, "bake", "-e", "e1"))
+                    bench.timed(ROWS[2], bench._invoke(bench.config, "bake"))
+                    bench.timed(ROWS[3], bench._invoke(bench.config, "rebuild"))
+                    bench.ctrl_c()
+                    launched = time.monotonic()
+                    bench.timed(ROWS[5], bench._invoke(bench.config, "launch"))
+                    outside.attach(dict(zip(cloud.clouds, conns, strict=True)), admin)
+                    outside.wait_healthy(300)
+                    bench.healthy.append(time.monotonic() - launched)
+                    for conn in conns:
+                        remove_leftovers(conn)
+                    outside.clear_dcs()  # the next round's cluster bootstraps anew
+                    last = ", ".join(
+                        f"{row} {bench.walls[row][-1]:.1f} s/{bench.counts[row][-1]} requests"
+                        for row in ROWS
+                    )
+                    print(f"round {round_ + 1}: {last}, healthy {bench.healthy[-1]:.1f} s")
+            finally:
                 for conn in conns:
                     remove_leftovers(conn)
-                last = ", ".join(
-                    f"{row} {bench.walls[row][-1]:.1f} s/{bench.counts[row][-1]} requests"
-                    for row in ROWS
-                )
-                print(f"round {round_ + 1}: {last}", flush=True)
+                if not outside.teardown():
+                    outside.remove_files()
             if args.long_build:
                 print(f"a builder that never finishes, for {args.long_build} s ...", flush=True)
                 long_requests = bench.long_build(args.long_build)
@@ -242,6 +261,8 @@ def _report(bench: Bench, args, load: float, long_requests: list[Request]) -> No
     packer, one, two = (_median(walls[row]) for row in ROWS[:3])
     packer_n, one_n = (_median(counts[row]) for row in ROWS[:2])
     noop, noop_n = _median(walls[ROWS[3]]), max(counts[ROWS[3]])
+    healthy = f"{min(bench.healthy):.1f}-{max(bench.healthy):.1f}" if bench.healthy else "-"
+    print(f"  launch to healthy cluster {_median(bench.healthy):.1f} s ({healthy})")
     print("\ngoals:")
     print(
         f"  Bake, one environment: wall {one:.1f} s = {one / packer:.2f}x Packer's {packer:.1f} s"

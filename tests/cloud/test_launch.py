@@ -23,17 +23,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def released(cloud, tmp_path_factory):
-    """One released generation in both environments, baked by the real command."""
-    result = run_task(cloud, cluster_config(tmp_path_factory.mktemp("bake")), "bake")
-    assert result.returncode == 0, result.stderr
-    conns = {name: cloud.connect(name) for name in cloud.clouds}
-    yield {name: own_images(conn)[0] for name, conn in conns.items()}
-    for conn in conns.values():
-        remove_leftovers(conn)
-
-
 @pytest.fixture
 def envs(cloud, released):
     conns = {name: cloud.connect(name) for name in cloud.clouds}

@@ -1,5 +1,5 @@
-"""What the bake, rebuild and launch tests share: a two-environment config for the stack,
-running the real command line against it, and reading back what exists in the clouds."""
+"""What the bake, rebuild, launch and cluster tests share: a two-environment config for the
+stack, running the real command line against it, and reading back what exists in the clouds."""
 
 from __future__ import annotations
 
@@ -8,20 +8,38 @@ from pathlib import Path
 
 from tests.helpers import base_config, invoke, merged, write_config
 
+from .outside import ETCD_MEMBERS, LIGHTHOUSE, NEBULA_PORT
+
 DEFINITION = "postgresql14-patroni"
 
 
 def cluster_config(tmp_path: Path, **changes) -> Path:
-    """AZ a = environment e1 (test-env1, az1), b = e2 (test-env2, az2), etcd3, no overlay."""
-    config = base_config(tmp_path, dcs="etcd3", overlay=False)
+    """AZ a = environment e1 (test-env1, az1), b = e2 (test-env2, az2); the seed's topology:
+    a Nebula overlay whose lighthouse, and the three etcd members of the DCS (failure domain
+    external), are outside both environments (tests/cloud/outside.py). Guests are kept light."""
+    config = base_config(tmp_path, dcs="etcd3", overlay=True)
     config["environments"] = {"e1": {"cloud": "test-env1"}, "e2": {"cloud": "test-env2"}}
     for label, env, zone in (("a", "e1", "az1"), ("b", "e2", "az2")):
         az = config["azs"][label]
         az.update(environment=env, network="private", flavor="SCS-1V-2-10", compute_az=zone)
         for key in ("subnet", "security_groups", "addresses"):
             az.pop(key, None)
-    # The stack's subnets (tests/cloud/README.md), where launched nodes get their addresses.
-    config["cluster"]["postgresql"]["allowed_networks"] = ["192.0.2.0/24", "198.51.100.0/24"]
+    overlay_address, public_address = LIGHTHOUSE
+    config["overlay"]["lighthouses"] = [
+        {"overlay_address": overlay_address, "public_address": f"{public_address}:{NEBULA_PORT}"}
+    ]
+    config["cluster"]["dcs"]["members"] = [
+        {"address": address, "failure_domain": "external"} for address, _ in ETCD_MEMBERS
+    ]
+    # A replica that lost power leaves the primary's walsender holding its slot until
+    # wal_sender_timeout (60 s by default): it streams again that much sooner.
+    config["cluster"]["postgresql"]["parameters"] = {
+        "shared_buffers": "16MB",
+        "max_connections": 30,
+        "wal_sender_timeout": "10s",
+    }
+    # Faster than the defaults (30/10/10), within Patroni's bounds: failovers in about 20 s.
+    config["cluster"]["patroni"] = {"ttl": 20, "loop_wait": 2, "retry_timeout": 4}
     config["image"] = {"definition": DEFINITION}
     return write_config(tmp_path / "cluster.yaml", merged(config, **changes))
 
