@@ -21,6 +21,7 @@ from harness import never_two_writers, wait_for
 from netns import entered
 from processes import alive, boot_ticks, start_time
 
+from bakery.node import monitoring
 from tests.owned_netns import ns_inode, ns_path, pids_in_netns
 from tests.sigterm import teardown_first
 
@@ -119,6 +120,11 @@ def test_launched_nodes_form_a_streaming_cluster_over_the_overlay(launched: Laun
     assert "[  OK  ] Started patroni.service" in console
     assert "Cloud-init v. " in console and " finished at " in console
     assert "BAKERY-MANIFEST {" in console
+    # The bundle's metrics services, from Debian's units and the image's drop-ins.
+    for unit in monitoring.SERVICES:
+        verb = "Finished" if unit == "bakery-scrape-guard.service" else "Started"
+        assert f"[  OK  ] {verb} {unit}" in console
+    assert "[FAILED]" not in console
 
 
 def test_a_stopped_replica_comes_back_streaming_with_its_data(launched: LaunchedCluster):
