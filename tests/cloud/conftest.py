@@ -18,6 +18,7 @@ import pytest
 from tests.sigterm import teardown_first
 
 from .stack import Stack
+from .workflow import cluster_config, own_images, remove_leftovers, run_task
 
 _REPORT: list[str] = []
 
@@ -72,8 +73,26 @@ def cloud(request) -> CloudTier:
         with teardown_first():
             if not keep:
                 stack.down()
-                left = stack.supervisor.leftovers()
+                left = stack.leftovers()
                 assert not any(left.values()), f"the cloud stack left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def released(cloud, tmp_path_factory):
+    """One released generation in both environments, baked by the real command; the module's
+    servers and images are removed at its end."""
+    result = run_task(cloud, cluster_config(tmp_path_factory.mktemp("bake")), "bake")
+    assert result.returncode == 0, result.stderr
+    conns = {name: cloud.connect(name) for name in cloud.clouds}
+    yield {name: own_images(conn)[0] for name, conn in conns.items()}
+    for conn in conns.values():
+        remove_leftovers(conn)
+
+
+@pytest.fixture(scope="session")
+def cloud_report() -> list[str]:
+    """Lines for the tier's section of pytest's summary (figures the issues ask for)."""
+    return _REPORT
 
 
 def _report(config, info: dict) -> None:
@@ -86,13 +105,15 @@ def _report(config, info: dict) -> None:
             f"{info['processes']} processes, RSS {info['rss_bytes'] / 2**20:.0f} MiB"
         )
     _REPORT.append(line)
+    _REPORT.extend(f"cloud tier: swept {swept}" for swept in info.get("swept", []))
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
         # Fixture setup runs under output capture: step out of it so that CI shows the line now.
         with capture.global_and_fixture_disabled():
             reporter.write_line("")
-            reporter.write_line(line)
+            for text in _REPORT:
+                reporter.write_line(text)
 
 
 def pytest_terminal_summary(terminalreporter):

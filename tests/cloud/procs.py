@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -138,9 +139,32 @@ class Supervisor:
 
 def _become_subreaper() -> None:
     """Orphans of our processes (e.g. RabbitMQ's helpers) become our children instead of init's:
-    the init process of these machines does not reap them, and zombies would stay in `ps`."""
+    the init process of these machines does not reap them, and zombies would stay in `ps`.
+    Like init, this process then reaps them while the stack runs: a guest's power cut orphans
+    its processes, and a zombie postmaster would look alive to the next boot's Patroni."""
+    global _REAPING
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if not _REAPING:
+        _REAPING = True
+        threading.Thread(target=_reap_orphans, daemon=True, name="orphan-reaper").start()
+
+
+_REAPING = False
+
+
+def _reap_orphans() -> None:
+    """Every second: collect our zombie children that run in a session other than ours. Those
+    in ours are commands this process waits for itself (subprocess.run); the stack's processes
+    and what they orphan each have sessions of their own."""
+    me, session = os.getpid(), os.getsid(0)
+    while True:
+        time.sleep(1)
+        for entry in Path("/proc").iterdir():
+            fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+            if fields and fields[1] == "Z" and int(fields[2]) == me and int(fields[4]) != session:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(entry.name), os.WNOHANG)
 
 
 def _reap(pids: set[int]) -> None:

@@ -209,6 +209,8 @@ def _environment(conn: openstack.connection.Connection, env: dict) -> dict:
         "project_id": conn.current_project_id,
         "network_id": network.id,
         "subnet_id": subnet.id,
+        "cidr": subnet.cidr,
+        "gateway": subnet.gateway_ip,
         "security_group_id": group.id,
         "image_id": image.id,
     }

@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+from . import plugins
 from .config import COMPUTE_HOSTS, sqlite
 from .layout import HOST, PORTS, REGION, Layout, write_private
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(layout: Layout, log_name: str, argv: list, env: dict[str, str] | None = None) -> None:
@@ -26,7 +29,7 @@ def run(layout: Layout, log_name: str, argv: list, env: dict[str, str] | None = 
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **plugins.service_env(), **(env or {})},
             cwd=layout.root,
             timeout=300,
             check=False,
@@ -133,8 +136,18 @@ def processes(layout: Layout, venvs: dict[str, Path]) -> dict[str, tuple[list[st
         "nova-conductor": ([str(nova / "bin/nova-conductor"), *nova_conf], {}),
         "nova-scheduler": ([str(nova / "bin/nova-scheduler"), *nova_conf], {}),
     }
+    # The driver runs guests (tests/cloud/guest.py) with the project's Python, cabled to the
+    # networks that bakery-net (tests/cloud/underlay.py) built.
+    guests = {
+        "BAKERY_GUEST_PYTHON": sys.executable,
+        "BAKERY_GUEST_REPO": str(REPO),
+        "BAKERY_GUEST_NET": str(layout.root / "net" / "net.json"),
+    }
     for host in COMPUTE_HOSTS:
         argv = [str(nova / "bin/nova-compute"), *nova_conf, "--config-file",
                 str(etc / f"nova/{host}.conf")]  # fmt: skip
-        procs[f"nova-compute-{host}"] = (argv, {})
-    return procs
+        procs[f"nova-compute-{host}"] = (argv, guests)
+    underlay = [sys.executable, "-m", "tests.cloud.underlay", "--state", str(layout.root)]
+    procs["bakery-net"] = (underlay, {"PYTHONPATH": str(REPO)})
+    # The drivers in the shared venvs are shims that load this checkout's (plugins.py).
+    return {name: (argv, {**env, **plugins.service_env()}) for name, (argv, env) in procs.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import socket
 import sys
@@ -18,7 +19,9 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from . import config, install, plugins, provision, schema, services
+from tests.owned_netns import NETNS_DIR, OWNED, sweep_stale
+
+from . import config, guest, install, plugins, provision, schema, services, underlay
 from .layout import HOST, PORTS, Layout
 from .procs import Supervisor, listening_ports, rss_bytes
 
@@ -37,6 +40,10 @@ class Stack:
         self.supervisor = Supervisor(self.layout)
         self.venvs = {name: install.venv(name) for name in install.VENVS}
         self.procs = services.processes(self.layout, self.venvs)
+        # PIDs of the processes that own guests' and networks' namespaces (nova-compute,
+        # bakery-net), remembered at the stop for the leak check; what was swept.
+        self.owners: set[int] = set()
+        self.swept: list[str] = []
 
     # -- public -----------------------------------------------------------------------------
     def up(self, fresh: bool = False) -> dict:
@@ -45,6 +52,8 @@ class Stack:
             raise StackError("OpenStack venvs missing: run tests/cloud/setup first")
         if self.supervisor.recorded():
             self.down()
+        else:
+            self._sweep()  # what a stack killed without its stop left
         if busy := listening_ports():
             # Else the readiness checks would happily talk to someone else's services.
             raise StackError(f"ports {busy} are taken (another stack? BAKERY_CLOUD_PORT_BASE)")
@@ -69,10 +78,33 @@ class Stack:
         self.layout.provisioned.write_text(json.dumps(info, indent=2))
         info["rss_bytes"] = rss_bytes(self.supervisor.members())
         info["processes"] = len(self.supervisor.members())
+        info["swept"] = self.swept
         return info
 
     def down(self) -> None:
+        """Stop every process of the stack by PID (guests, as nova-compute's children, get
+        SIGTERM like the rest: their ACPI shutdown), then remove what the stopped owners
+        left: guests' namespaces and disks, the networks."""
+        self.owners |= set(self.supervisor.recorded().values())
         self.supervisor.stop(last=("rabbitmq", "epmd"))
+        self._sweep()
+
+    def _sweep(self) -> None:
+        self.swept = guest.sweep(self.layout)
+        self.swept += [f"namespace {line}" for line in sweep_stale()]
+
+    def leftovers(self) -> dict[str, list]:
+        """What would show that the stack still runs or leaked: its processes and ports, the
+        guests' disks and VM processes, namespaces of its owners."""
+        left = self.supervisor.leftovers()
+        left["guests"] = guest.leftovers(self.layout)
+        names = os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []
+        left["namespaces"] = [
+            name
+            for name in sorted(names)
+            if (match := OWNED.fullmatch(name)) and int(match["owner"]) in self.owners
+        ]
+        return left
 
     def info(self) -> dict:
         return json.loads(self.layout.provisioned.read_text())
@@ -166,12 +198,23 @@ class Stack:
         provision.wait_for_service(layout, "nova-compute", config.COMPUTE_HOSTS, since)
         self._mark("compute hosts up")
         if warm:
-            return self.info()
-        services.discover_hosts(layout, venvs["nova"])  # maps the hosts to cell1
-        self._mark("hosts discovered")
-        info = provision.resources(layout)
-        self._mark("environments provisioned")
+            info = self.info()
+        else:
+            services.discover_hosts(layout, venvs["nova"])  # maps the hosts to cell1
+            self._mark("hosts discovered")
+            info = provision.resources(layout)
+            self._mark("environments provisioned")
+        self._networks(info)
         return info
+
+    def _networks(self, info: dict) -> None:
+        """bakery-net: a bridge per environment's network, routers, the public segment."""
+        spec = self.layout.root / "net" / "spec.json"
+        spec.parent.mkdir(exist_ok=True)
+        spec.write_text(json.dumps(underlay.spec_from(info), indent=2))
+        self._run("bakery-net")
+        underlay.wait_ready(self.layout, self.supervisor.recorded()["bakery-net"])
+        self._mark("networks built")
 
     def _check_alive(self, name: str) -> None:
         if name in self.supervisor.exited():
@@ -232,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{' '.join(info['clouds'])}; admin: {info['admin_clouds_yaml']}")  # fmt: skip
     elif args.command == "down":
         stack.down()
-        left = stack.supervisor.leftovers()
+        left = stack.leftovers()
+        for line in stack.swept:
+            print(f"swept {line}")
         print(f"cloud down; left: {left}")
         return 1 if any(left.values()) else 0
     else:

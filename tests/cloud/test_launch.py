@@ -23,17 +23,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def released(cloud, tmp_path_factory):
-    """One released generation in both environments, baked by the real command."""
-    result = run_task(cloud, cluster_config(tmp_path_factory.mktemp("bake")), "bake")
-    assert result.returncode == 0, result.stderr
-    conns = {name: cloud.connect(name) for name in cloud.clouds}
-    yield {name: own_images(conn)[0] for name, conn in conns.items()}
-    for conn in conns.values():
-        remove_leftovers(conn)
-
-
 @pytest.fixture
 def envs(cloud, released):
     conns = {name: cloud.connect(name) for name in cloud.clouds}
@@ -65,7 +54,8 @@ def test_launch_starts_each_node_in_its_az_with_its_own_bundle(
 ):
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(cloud.clouds_yaml))
     config = _launch_config(cloud, tmp_path, **{"azs.a.security_groups": ["default"]})
-    # The guests are played (no reporter yet): nothing would ever report a healthy cluster.
+    # Without the outside (lighthouse and DCS, test_cluster.py) these nodes never form a
+    # cluster: the launch's own part, without its wait.
     result = launch(_settings(config), ["a", "b"], log=lambda line: None, wait=False)
 
     admin = cloud.connect(cloud.admin_cloud)

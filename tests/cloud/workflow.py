@@ -1,5 +1,5 @@
-"""What the bake, rebuild and launch tests share: a two-environment config for the stack,
-running the real command line against it, and reading back what exists in the clouds."""
+"""What the bake, rebuild, launch and cluster tests share: a two-environment config for the
+stack, running the real command line against it, and reading back what exists in the clouds."""
 
 from __future__ import annotations
 
@@ -8,20 +8,38 @@ from pathlib import Path
 
 from tests.helpers import base_config, invoke, merged, write_config
 
+from .outside import ETCD_MEMBERS, LIGHTHOUSE, NEBULA_PORT, LaunchedCluster
+
 DEFINITION = "postgresql14-patroni"
 
 
 def cluster_config(tmp_path: Path, **changes) -> Path:
-    """AZ a = environment e1 (test-env1, az1), b = e2 (test-env2, az2), etcd3, no overlay."""
-    config = base_config(tmp_path, dcs="etcd3", overlay=False)
+    """AZ a = environment e1 (test-env1, az1), b = e2 (test-env2, az2); the seed's topology:
+    a Nebula overlay whose lighthouse, and the three etcd members of the DCS (failure domain
+    external), are outside both environments (tests/cloud/outside.py). Guests are kept light."""
+    config = base_config(tmp_path, dcs="etcd3", overlay=True)
     config["environments"] = {"e1": {"cloud": "test-env1"}, "e2": {"cloud": "test-env2"}}
     for label, env, zone in (("a", "e1", "az1"), ("b", "e2", "az2")):
         az = config["azs"][label]
         az.update(environment=env, network="private", flavor="SCS-1V-2-10", compute_az=zone)
         for key in ("subnet", "security_groups", "addresses"):
             az.pop(key, None)
-    # The stack's subnets (tests/cloud/README.md), where launched nodes get their addresses.
-    config["cluster"]["postgresql"]["allowed_networks"] = ["192.0.2.0/24", "198.51.100.0/24"]
+    overlay_address, public_address = LIGHTHOUSE
+    config["overlay"]["lighthouses"] = [
+        {"overlay_address": overlay_address, "public_address": f"{public_address}:{NEBULA_PORT}"}
+    ]
+    config["cluster"]["dcs"]["members"] = [
+        {"address": address, "failure_domain": "external"} for address, _ in ETCD_MEMBERS
+    ]
+    # A replica that lost power leaves the primary's walsender holding its slot until
+    # wal_sender_timeout (60 s by default): it streams again that much sooner.
+    config["cluster"]["postgresql"]["parameters"] = {
+        "shared_buffers": "16MB",
+        "max_connections": 30,
+        "wal_sender_timeout": "10s",
+    }
+    # Faster than the defaults (30/10/10), within Patroni's bounds: failovers in about 20 s.
+    config["cluster"]["patroni"] = {"ttl": 20, "loop_wait": 2, "retry_timeout": 4}
     config["image"] = {"definition": DEFINITION}
     return write_config(tmp_path / "cluster.yaml", merged(config, **changes))
 
@@ -30,8 +48,8 @@ def cloud_env(cloud) -> dict:
     return {"OS_CLIENT_CONFIG_FILE": str(cloud.clouds_yaml), "PYTHONWARNINGS": "ignore"}
 
 
-def run_task(cloud, config: Path, *args: str) -> subprocess.CompletedProcess:
-    return invoke("-f", str(config), *args, env=cloud_env(cloud))
+def run_task(cloud, config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return invoke("-f", str(config), *args, env=cloud_env(cloud), timeout=timeout)
 
 
 def prop(image, key: str):
@@ -69,3 +87,19 @@ def remove_leftovers(conn, image_names: tuple[str, ...] = (), images: bool = Tru
     ]:
         conn.image.delete_image(image, ignore_missing=True)
     return found
+
+
+def end_cluster(cluster: LaunchedCluster, conns, failed: bool) -> None:
+    """The end of a module's launched cluster: its guests' files kept when a test failed
+    (deleting a server removes its disk), every server and bakery port deleted, the outside
+    torn down, and its files removed unless something failed or was left behind."""
+    if failed:
+        cluster.keep_guest_files()
+    for conn in conns:
+        remove_leftovers(conn, images=False)
+    problems = cluster.teardown()
+    if problems or failed:
+        print(f"\ncloud tier: files of the outside of {cluster.run_id} in {cluster.base}")
+    else:
+        cluster.remove_files()
+    assert not problems, f"the cluster's outside left things behind: {problems}"

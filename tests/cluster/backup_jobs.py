@@ -7,44 +7,31 @@ start, inside the node's namespaces, with the environment systemd gives a servic
 
 from __future__ import annotations
 
-import configparser
-import shlex
 import subprocess
-from pathlib import Path
 
 from bundle import REPO
 from nodes import Node
+from units import Unit
 
 UNITS = REPO / "scripts" / "pgbackrest" / "files"
 # What systemd puts in a service's environment for User= (no PATH from the caller).
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _unit(path: Path) -> configparser.ConfigParser:
-    # Unit files repeat keys (two ConditionPathExists=, OnCalendar= resets): keep the last.
-    parser = configparser.ConfigParser(interpolation=None, strict=False, delimiters=("=",))
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(path.read_text())
-    return parser
-
-
 def schedule(node: Node, timer: str) -> str:
     """The calendar the node's timer fires on: the image's unit, then the bundle's drop-in."""
-    calendar = _unit(UNITS / timer).get("Timer", "OnCalendar")
     dropin = node.file(f"/etc/systemd/system/{timer}.d/bakery-schedule.conf")
-    return _unit(dropin).get("Timer", "OnCalendar") if dropin.exists() else calendar
+    dropins = [dropin] if dropin.exists() else []
+    return Unit.load(UNITS / timer, dropins).value("Timer", "OnCalendar")
 
 
 def run_timer_job(node: Node, timer: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Start the service `timer` starts, on `node`, as the service's unit says."""
-    service = _unit(UNITS / timer).get("Timer", "Unit")
-    template, _, instance = service.partition("@")
-    instance = instance.removesuffix(".service")
-    unit = _unit(UNITS / (f"{template}@.service" if instance else service))
-    section = unit["Service"]
-    user, group = section["User"], section["Group"]
+    service = node.systemd.unit(timer).timer_target
+    unit = node.systemd.unit(service)  # a `name@instance` service from its template
+    user, group = unit.user, unit.group
     assert user == group == "postgres", "the harness runs jobs as postgres only"
-    argv = shlex.split(section["ExecStart"].replace("%i", instance))
+    (command,) = unit.commands("ExecStart")
     env = {
         "PATH": SYSTEMD_PATH,
         "HOME": "/var/lib/postgresql",
@@ -52,4 +39,5 @@ def run_timer_job(node: Node, timer: str, timeout: float = 300) -> subprocess.Co
         "LOGNAME": user,
         "LANG": "C.UTF-8",
     }
+    argv = command.argv(env, service)
     return node.enter(argv, user=user, timeout=timeout, env=env, check=False)

@@ -33,7 +33,9 @@ class NodeBundle:
     underlay: str
     overlay: str
     user_data: dict[str, Any]
-    files_dir: Path  # DIR/<node>/files from the render, used to cross-check write_files
+    # DIR/<node>/files from the render, used to cross-check write_files; None for a cloud
+    # guest, which has only its user-data, as a real server does.
+    files_dir: Path | None
 
     def write_files(self) -> list[dict[str, Any]]:
         return self.user_data.get("write_files", [])
@@ -134,14 +136,15 @@ def ids(owner: str) -> tuple[int, int]:
 def place(bundle: NodeBundle, root: Path) -> list[str]:
     """Write the node's files under `root` as cloud-init would at `/`; returns their paths.
 
-    Each file is also compared with the render's `files/` copy: both must be the same bundle.
+    Each file is also compared with the render's `files/` copy, when there is one: both must
+    be the same bundle.
     """
     placed = []
     for item in bundle.write_files():
         path = PurePosixPath(item["path"])
         data = decode(item)
-        copy = bundle.files_dir / path.relative_to("/")
-        if copy.read_bytes() != data:
+        copy = bundle.files_dir / path.relative_to("/") if bundle.files_dir else None
+        if copy is not None and copy.read_bytes() != data:
             raise ValueError(f"{bundle.name}: {path} in user-data differs from {copy}")
         target = root / path.relative_to("/")
         target.parent.mkdir(parents=True, exist_ok=True)

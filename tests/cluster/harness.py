@@ -84,6 +84,23 @@ class WriterLog:
         return [row for row, (n, t) in self.acked.items() if n == node and t > after]
 
 
+def never_two_writers(
+    seen: dict[str, list[tuple[float, bool | None]]], leader: str, replica: str
+) -> tuple[float, float]:
+    """From `watch_writers`: the old leader was seen refusing writes before the other node was
+    last seen read-only, so its demotion preceded the promotion and there were never two
+    writers. Only definite answers count (None is ignored): each bound is the conservative
+    one. Returns when the leader was first seen read-only and the replica first writable."""
+    old_first_readonly = next((t for t, w in seen[leader] if w is False), None)
+    new_first_writer = next((t for t, w in seen[replica] if w is True), None)
+    assert old_first_readonly is not None, "the cut-off leader never stopped taking writes"
+    assert new_first_writer is not None, "the other node was never promoted"
+    new_last_readonly = max(t for t, w in seen[replica] if w is False and t < new_first_writer)
+    assert old_first_readonly < new_last_readonly
+    assert all(w is not True for t, w in seen[leader] if t >= old_first_readonly)
+    return old_first_readonly, new_first_writer
+
+
 def new_run_id() -> str:
     """`bkt-<pid>-<6 hex>`: the prefix of the run's namespaces, which name their owner."""
     return owned_name("t")
@@ -168,6 +185,11 @@ class Cluster:
             node.start_nebula()
         for node in self.nodes.values():
             node.wait_overlay()
+        self.connect_clients(dcs.netns)
+
+    def connect_clients(self, netns: str) -> None:
+        """The tests' REST API and psql clients, in `netns`, with the first node's CA and
+        credentials."""
         first = next(iter(self.nodes.values()))
         self.ca = str(first.file("/etc/patroni/tls/ca.pem"))
         env = first.patroni_env()
@@ -177,13 +199,13 @@ class Cluster:
             str(first.file("/etc/patroni/tls/node.key")),
         )
         self.rest = RestApi(
-            dcs.netns,
+            netns,
             self.ca,
             env["PATRONI_RESTAPI_USERNAME"],
             env["PATRONI_RESTAPI_PASSWORD"],
             cert,
         )
-        self.psql = Psql(dcs.netns, self.ca, password=env["PATRONI_SUPERUSER_PASSWORD"])
+        self.psql = Psql(netns, self.ca, password=env["PATRONI_SUPERUSER_PASSWORD"])
 
     def start(self) -> None:
         t0 = time.monotonic()
@@ -337,6 +359,21 @@ class Cluster:
         if res.returncode == 0:
             return {"f": True, "t": False}.get(res.stdout.strip())
         return False if any(s in res.stderr for s in NOT_SERVING) else None
+
+    def watch_writers(
+        self, leader: str, replica: str, timeout: float
+    ) -> dict[str, list[tuple[float, bool | None]]]:
+        """Ask both nodes, each over its own Unix socket (so a cut-off one can still be asked),
+        whether they take writes, until the replica does and the leader does not."""
+        seen: dict[str, list[tuple[float, bool | None]]] = {leader: [], replica: []}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name in (leader, replica):
+                seen[name].append((time.monotonic(), self.is_writer(name)))
+            if seen[replica][-1][1] is True and seen[leader][-1][1] is False:
+                break
+            time.sleep(0.1)
+        return seen
 
     def patroni_log(self, name: str) -> str:
         return (self.base / "logs" / f"{name}-patroni.log").read_text(errors="replace")

@@ -6,12 +6,12 @@ namespaces, so the test addresses exist only there and deleting the namespaces r
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from bakery.local.netns import entered  # noqa: F401 - restapi and infra import it from here
+from processes import boot_ticks
+
+from bakery.local.netns import entered  # noqa: F401 - the tiers import it from here
 from tests.owned_netns import ns_inode, ns_path, remove
 
 
@@ -19,6 +19,18 @@ def run(*argv: str, timeout: float = 30, check: bool = True) -> subprocess.Compl
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, check=check, stdin=subprocess.DEVNULL
     )
+
+
+def cable(switch: str, port: str, host: str, dev: str, address: str, mac: str = "") -> None:
+    """A veth from the bridge `br0` of namespace `switch` (that end named `port`) to `dev` in
+    namespace `host`, up, with `address` (CIDR form) and `mac` if given. Both ends are made
+    inside namespaces: the machine's own namespace never sees them."""
+    run("ip", "-n", switch, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", host)
+    run("ip", "-n", switch, "link", "set", port, "master", "br0", "up")
+    if mac:
+        run("ip", "-n", host, "link", "set", dev, "address", mac)
+    run("ip", "-n", host, "addr", "add", address, "dev", dev)
+    run("ip", "-n", host, "link", "set", dev, "up")
 
 
 @dataclass
@@ -40,13 +52,17 @@ class Network:
     # short (an error, an interrupt) is deleted too.
     created: list[str] = field(default_factory=list)
     inodes: dict[str, int] = field(default_factory=dict)
+    # Someone else's switch namespace to plug the hosts into (the cloud stack's public segment)
+    # instead of one of the run's own; `veth_prefix` keeps the run's cables apart on it.
+    shared_switch: str | None = None
+    veth_prefix: str = "v"
     # When delete() was done: the kernel hands a deleted namespace's inode number to new
     # namespaces (other test runs' too), whose processes all start later.
     deleted_at: int | None = None
 
     @property
     def switch(self) -> str:
-        return f"{self.run_id}-sw"
+        return self.shared_switch or f"{self.run_id}-sw"
 
     def _add_ns(self, name: str) -> None:
         self.created.append(name)
@@ -60,7 +76,7 @@ class Network:
         run("ip", "-n", self.switch, "link", "set", "br0", "up")
 
     def add_host(self, name: str, underlay: str) -> Host:
-        host = Host(name, f"{self.run_id}-{name}", underlay, f"v{len(self.hosts)}")
+        host = Host(name, f"{self.run_id}-{name}", underlay, f"{self.veth_prefix}{len(self.hosts)}")
         self._add_ns(host.netns)
         self.plug(host.netns, host.veth, underlay)
         self.hosts[name] = host
@@ -68,25 +84,11 @@ class Network:
 
     def plug(self, netns: str, veth: str, underlay: str) -> None:
         """Connect namespace `netns` to the bridge as `eth0` with the address `underlay`."""
-        # Both veth ends are made inside namespaces: the host's namespace never sees them.
-        run(
-            "ip",
-            "-n",
-            self.switch,
-            "link",
-            "add",
-            veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns,
-        )
-        run("ip", "-n", self.switch, "link", "set", veth, "master", "br0", "up")
-        run("ip", "-n", netns, "addr", "add", f"{underlay}/{self.prefix_len}", "dev", "eth0")
-        run("ip", "-n", netns, "link", "set", "eth0", "up")
+        cable(self.switch, veth, netns, "eth0", f"{underlay}/{self.prefix_len}")
+
+    def route(self, name: str, cidr: str, via: str) -> None:
+        """A route from host `name` to `cidr` through a router on its segment."""
+        run("ip", "-n", self.hosts[name].netns, "route", "add", cidr, "via", via)
 
     def cut(self, name: str) -> None:
         """Unplug a host: its underlay link goes down, so every tunnel through it stops."""
@@ -101,11 +103,5 @@ class Network:
         errors = []
         for name in reversed(self.created):
             errors += remove(name)
-        self.deleted_at = ticks_now()
+        self.deleted_at = boot_ticks()
         return errors
-
-
-def ticks_now() -> int:
-    """Clock ticks since boot, the unit of a process's start time (/proc/PID/stat)."""
-    uptime = float(Path("/proc/uptime").read_text().split()[0])
-    return int(uptime * os.sysconf("SC_CLK_TCK"))

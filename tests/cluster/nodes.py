@@ -1,9 +1,11 @@
 """One database node: its own network, mount and UTS namespaces, its files at the real paths,
-and its services (nebula as root, patroni as postgres) started as their systemd units would.
+and its services (nebula, patroni) started from the image's unit files (units.py).
 
 A holder process keeps the node's mount namespace alive; the node's files sit under a per-node
 root and are bind-mounted over the node-layout paths inside that namespace only, so two nodes on
-one machine both see /etc/patroni/patroni.yml, each its own.
+one machine both see /etc/patroni/patroni.yml, each its own. The cloud tier's guests are nodes
+too (tests/cloud/guest.py): the same namespaces, mounts and units, with a console and the image's
+own directories as `extra_mounts`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +23,13 @@ import exporters
 from bundle import REPO, NodeBundle, parse_envfile, place
 from netns import Host
 from processes import Started, Supervisor, alive, minimal_env
+from units import Systemd
 
 from bakery.node.bundle import service_commands
 from tests.owned_netns import kill_processes_in, ns_inode, ns_path, pids_in_netns
-from tests.unitfile import Unit
 
 PG_MAJOR = 14
 PG_BIN = f"/usr/lib/postgresql/{PG_MAJOR}/bin"
-PATRONI = "/opt/patroni/bin/patroni"
 BUILD_ID = "cluster-tier"  # what /etc/bakery/manifest.json of the nodes says
 
 # Node-layout directories that hold per-node state: (path, owner, mode). The bundle's own
@@ -69,12 +70,8 @@ MOUNTS = [
     "/var/lib/bakery",
     "/etc/systemd/system",
 ]
-# Units the image installs and the files of its elements they run, as the elements install
-# them (path on the node, file in the repository, mode).
-UNITS = {
-    "patroni": REPO / "scripts/units/files/patroni.service",
-    "reporter": REPO / "scripts/reporter/files/bakery-reporter.service",
-}
+# Files of the image's elements the nodes run, as the elements install them (path on the node,
+# file in the repository, mode).
 IMAGE_FILES = [
     ("/usr/lib/bakery/bakery-node", REPO / "scripts/reporter/files/bakery_node.py", 0o755),
 ]
@@ -99,6 +96,11 @@ class Node:
     services: dict[str, Started] = field(default_factory=dict)
     # Names the node resolves besides the host's /etc/hosts (the S3 endpoint).
     hosts: dict[str, str] = field(default_factory=dict)
+    # (source, target): further bind mounts inside the node (a guest's image directories and
+    # console); a directory source is created on the host as its mount point.
+    extra_mounts: list[tuple[str, str]] = field(default_factory=list)
+    console: Callable[[str], None] | None = None  # where console units write (a guest's)
+    systemd: Systemd | None = None  # the node's units, once it has booted
 
     @property
     def name(self) -> str:
@@ -115,7 +117,8 @@ class Node:
         return f"{self.name}@{self.address}"
 
     # --- filesystem ---------------------------------------------------------------------
-    def lay_out(self) -> None:
+    def make_dirs(self) -> None:
+        """The node-layout directories under the node root, as the image has them."""
         pg = pwd.getpwnam("postgres")
         for path, owner, mode in NODE_DIRS:
             d = self.root / path.lstrip("/")
@@ -125,18 +128,23 @@ class Node:
             )
             os.chown(d, uid, gid)
             os.chmod(d, mode)
+        # The backup job as the pgbackrest element installs it, and the node's name resolution.
         job = self.file("/usr/lib/bakery/pgbackrest/bakery-pgbackrest")
         shutil.copyfile(BACKUP_JOB, job)
         os.chmod(job, 0o755)  # noqa: S103 - as the image installs it
+        lines = [Path("/etc/hosts").read_text().rstrip("\n")]
+        lines += [f"{address} {name}" for name, address in self.hosts.items()]
+        self.file("/etc/hosts").write_text("\n".join(lines) + "\n")
+
+    def lay_out(self) -> None:
+        self.make_dirs()
+        # The reporter's program, and the manifest whose build id it reports (a cloud guest has
+        # the image's own, tests/cloud/guestimage.py).
         for path, source, mode in IMAGE_FILES:
             target = self.file(path)
             target.write_bytes(source.read_bytes())
             target.chmod(mode)
-        # The image's manifest, whose build id the reporter puts into its lines.
         self.file("/etc/bakery/manifest.json").write_text(f'{{"build_id": "{BUILD_ID}"}}\n')
-        lines = [Path("/etc/hosts").read_text().rstrip("\n")]
-        lines += [f"{address} {name}" for name, address in self.hosts.items()]
-        self.file("/etc/hosts").write_text("\n".join(lines) + "\n")
         # The harness starts what runcmd starts, in its order; it knows nebula and patroni,
         # and the metrics services (exporters.py) when the bundle has them. The backup timers'
         # jobs are run by the tests, as their units say (backup_jobs.py).
@@ -184,13 +192,21 @@ class Node:
                 raise RuntimeError(f"{self.name}: namespace holder did not start")
             time.sleep(0.02)
         self.enter(["hostname", self.name])
-        for path in MOUNTS:
-            # The image has these directories; on a test machine /run is emptied at boot.
-            Path(path).mkdir(parents=True, exist_ok=True)
-            src = self.root / path.lstrip("/")
-            self.enter(["mount", "--bind", str(src), path])
-        for path in FILE_MOUNTS:
-            self.enter(["mount", "--bind", str(self.file(path)), path])
+        mounts = [(str(self.root / path.lstrip("/")), path) for path in MOUNTS]
+        mounts += [(str(self.file(path)), path) for path in FILE_MOUNTS]
+        for src, path in mounts + self.extra_mounts:
+            if Path(src).is_dir():
+                # The image has these directories; on a test machine /run is emptied at boot.
+                Path(path).mkdir(parents=True, exist_ok=True)
+            self.enter(["mount", "--bind", src, path])
+        self.systemd = Systemd(
+            self.name,
+            enter=self.nsenter()[:-1],  # without its final "--"
+            root=Path(f"/proc/{self.holder.pid}/root"),
+            sup=self.sup,
+            log_prefix=f"{self.name}-",
+            console=self.console,
+        )
 
     def _holder_ready(self) -> bool:
         # `ip netns exec` and `unshare` exec in place: ready once the PID runs `sleep`
@@ -204,10 +220,7 @@ class Node:
         return comm == "sleep" and theirs != os.stat("/proc/self/ns/mnt").st_ino
 
     def nsenter(self, user: str | None = None) -> list[str]:
-        argv = ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "-u", "--"]
-        if user:
-            argv += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
-        return argv
+        return nsenter(self.holder.pid, user)
 
     def enter(
         self,
@@ -236,64 +249,43 @@ class Node:
         return minimal_env(HOME="/root")
 
     # --- services -----------------------------------------------------------------------
+    def start_unit(self, unit: str) -> Started:
+        """Start a service of the node from its unit file; its main process."""
+        proc = self.systemd.start(unit)
+        if proc is None:
+            raise RuntimeError(f"{self.name}: {unit} did not start: {self.systemd.notes[-1:]}")
+        self.services[unit.removesuffix(".service")] = proc
+        return proc
+
     def start_nebula(self) -> Started:
-        argv = self.nsenter() + ["nebula", "-config", "/etc/nebula/config.yml"]
-        self.services["nebula"] = self.sup.start(f"{self.name}-nebula", argv)
-        return self.services["nebula"]
-
-    def unit_env(self, unit: Unit) -> dict[str, str]:
-        """The service's environment as systemd builds it from the unit (secrets masked)."""
-        return self.service_env(unit.user) | unit.environment(self._read_node_file, parse_envfile)
-
-    def _read_node_file(self, path: str) -> str | None:
-        target = self.file(path)
-        return target.read_text() if target.exists() else None
-
-    def start_unit(self, service: str) -> Started:
-        """Start a service as its unit says: User, EnvironmentFile/Environment, ExecStart."""
-        unit = Unit.read(UNITS[service])
-        (command,) = unit.commands("ExecStart")
-        argv = self.nsenter(unit.user) + command.argv
-        started = self.sup.start(f"{self.name}-{service}", argv, env=self.unit_env(unit))
-        self.services[service] = started
-        return started
+        return self.start_unit("nebula.service")
 
     def start_patroni(self) -> Started:
-        return self.start_unit("patroni")
+        # patroni.service: user postgres, EnvironmentFile=-/etc/patroni/patroni.env.
+        return self.start_unit("patroni.service")
 
     def start_reporter(self) -> Started:
-        """The node's reporter; its output (the log `<node>-reporter.log`) is the node's
-        console as far as BAKERY-NODE lines go."""
-        return self.start_unit("reporter")
+        """bakery-reporter.service; its output (the journal `<node>-bakery-reporter.log`) is
+        the node's console as far as BAKERY-NODE lines go."""
+        return self.start_unit("bakery-reporter.service")
 
     def stop_patroni(self) -> float:
-        """`systemctl stop patroni` as the unit says: ExecStop (the leader's handover) as the
-        unit's user and environment, then SIGTERM to the main process only (KillMode=process),
-        SIGKILL at TimeoutStopSec. Returns how long the ExecStop took."""
-        unit = Unit.read(UNITS["patroni"])
-        deadline = time.monotonic() + unit.timeout("TimeoutStopSec")
-        proc = self.services["patroni"]
-        env = self.unit_env(unit) | {"MAINPID": str(proc.pid)}
+        """`systemctl stop patroni.service` as the unit says: its ExecStop (the leader's
+        handover), then SIGTERM to Patroni alone (KillMode=process), SIGKILL at TimeoutStopSec.
+        Returns how long the stop took."""
         started = time.monotonic()
-        for command in unit.commands("ExecStop"):
-            left = max(1.0, deadline - time.monotonic())
-            res = _run(self.nsenter(unit.user) + command.argv, timeout=left, env=env)
-            with open(proc.log, "a") as log:  # the journal of the unit
-                log.write(res.stdout + res.stderr)
-            if res.returncode != 0 and not command.ignore_failure:
-                raise RuntimeError(f"{self.name}: ExecStop failed: {res.stderr.strip()}")
-        took = time.monotonic() - started
-        self.sup.stop(self.services.pop("patroni"), signal.SIGTERM, deadline - time.monotonic())
-        return took
+        self.systemd.stop("patroni.service")
+        self.services.pop("patroni", None)
+        return time.monotonic() - started
 
     def console_text(self) -> str:
         """What the reporter wrote (its stdout; the image sends it to the serial console)."""
-        log = self.sup.log_dir / f"{self.name}-reporter.log"
+        log = self.sup.log_dir / f"{self.name}-bakery-reporter.log"
         return log.read_text(errors="replace") if log.exists() else ""
 
     def start_exporters(self) -> None:
         """The scrape guard and the exporters, when the bundle enables them."""
-        self.services |= exporters.start(self)
+        exporters.start(self)
 
     def start(self) -> None:
         self.start_nebula()
@@ -340,10 +332,22 @@ class Node:
             raise RuntimeError(f"{self.name}: processes survive SIGKILL: {survivors}")
         self.sup.reap()
         self.services.clear()
+        if self.systemd is not None:
+            self.systemd.forget()
         return t
 
     def stop(self) -> None:
-        for name in ("reporter", "patroni", "nebula"):
-            if name in self.services:
-                self.sup.stop(self.services.pop(name), signal.SIGTERM, timeout=30)
+        """A clean shutdown: every unit stopped in reverse start order (ExecStop, KillSignal,
+        SIGKILL at TimeoutStopSec), then the final kill of whatever is left."""
+        if self.systemd is not None:
+            self.systemd.stop_all()
         self.kill9()
+
+
+def nsenter(pid: int, user: str | None = None) -> list[str]:
+    """The argv prefix that runs a command in the namespaces of process `pid` (a node's
+    holder), as `user` if given."""
+    argv = ["nsenter", "-t", str(pid), "-m", "-n", "-u", "--"]
+    if user:
+        argv += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
+    return argv

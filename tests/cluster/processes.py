@@ -11,7 +11,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,11 @@ def start_time(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def boot_ticks() -> int:
+    """Now, in the unit of start_time (clock ticks since boot)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
 
 
 def alive(pid: int, started: int | None) -> bool:
@@ -62,6 +69,7 @@ class Started:
     popen: subprocess.Popen
     started: int | None
     log: Path
+    copier: threading.Thread | None = None  # what copies its output when it is teed
 
     @property
     def pid(self) -> int:
@@ -74,23 +82,37 @@ class Supervisor:
 
     log_dir: Path
     procs: list[Started] = field(default_factory=list)
+    # Held while a process is started and recorded: a reaper of orphans (a cloud guest's VM
+    # process) takes it to tell the supervisor's children from adopted ones.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/"
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str = "/",
+        tee: Callable[[bytes], None] | None = None,
     ) -> Started:
+        """Start `argv`, its output into `<name>.log`; with `tee`, each line also goes there
+        (a node's console)."""
         log = self.log_dir / f"{name}.log"
-        with open(log, "ab") as out:
+        with self.lock, open(log, "ab") as out:
             popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
-                stdout=out,
+                stdout=subprocess.PIPE if tee else out,
                 stderr=subprocess.STDOUT,
                 env=env if env is not None else minimal_env(),
                 cwd=cwd,
                 start_new_session=True,  # the test runner's Ctrl-C is the harness's to handle
             )
-        proc = Started(name, popen, start_time(popen.pid), log)
-        self.procs.append(proc)
+            copier = None
+            if tee:
+                copier = threading.Thread(target=_copy, args=(popen.stdout, log, tee), daemon=True)
+                copier.start()
+            proc = Started(name, popen, start_time(popen.pid), log, copier)
+            self.procs.append(proc)
         return proc
 
     def stop(self, proc: Started, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
@@ -115,6 +137,14 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.popen.wait(5)
         return wait_gone(pids, 5)
+
+
+def _copy(stream, log: Path, tee: Callable[[bytes], None]) -> None:
+    with stream, open(log, "ab") as out:
+        for line in iter(stream.readline, b""):
+            out.write(line)
+            out.flush()
+            tee(line)
 
 
 def minimal_env(**extra: str) -> dict[str, str]:

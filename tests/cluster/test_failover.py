@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from harness import FACTS, Cluster, wait_for
+from harness import FACTS, Cluster, never_two_writers, wait_for
 
 # Patroni's own bound on a failover: the leader key expires after ttl, the next loop (at most
 # loop_wait later) takes it; the rest is slack for promotion on a 2-core machine.
@@ -101,33 +101,13 @@ def test_old_leader_comes_back_through_pg_rewind_and_streams(cluster: Cluster):
 
 def test_network_cut_leader_demotes_before_the_other_node_promotes(cluster: Cluster):
     leader, replica = cluster.heal()
-    # Each node is asked over its own Unix socket, so the cut node can still be watched.
-    # Only definite answers count as evidence (None, no answer, is ignored): each bound below is
-    # then the conservative one.
-    seen: dict[str, list[tuple[float, bool | None]]] = {leader: [], replica: []}
-
     cluster.net.cut(cluster.node(leader).host.name)
     cut_at = time.monotonic()
     try:
-        deadline = cut_at + FAILOVER_LIMIT + 30
-        while time.monotonic() < deadline:
-            for name in (leader, replica):
-                seen[name].append((time.monotonic(), cluster.is_writer(name)))
-            if seen[replica][-1][1] is True and seen[leader][-1][1] is False:
-                break
-            time.sleep(0.1)
+        seen = cluster.watch_writers(leader, replica, FAILOVER_LIMIT + 30)
     finally:
         cluster.net.restore(cluster.node(leader).host.name)
-
-    old_first_readonly = next((t for t, w in seen[leader] if w is False), None)
-    new_first_writer = next((t for t, w in seen[replica] if w is True), None)
-    assert old_first_readonly is not None, "the cut-off leader never stopped taking writes"
-    assert new_first_writer is not None, "the other node was never promoted"
-    new_last_readonly = max(t for t, w in seen[replica] if w is False and t < new_first_writer)
-    # The cut leader was seen refusing writes before the other node was last seen read-only:
-    # its demotion precedes the promotion, so there were never two writers.
-    assert old_first_readonly < new_last_readonly
-    assert all(w is not True for t, w in seen[leader] if t >= old_first_readonly)
+    old_first_readonly, new_first_writer = never_two_writers(seen, leader, replica)
     FACTS.append(
         f"network cut: leader read-only after {old_first_readonly - cut_at:.1f} s, "
         f"other node writable after {new_first_writer - cut_at:.1f} s"

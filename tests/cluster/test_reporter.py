@@ -109,7 +109,7 @@ def test_stopping_patroni_on_the_leader_switches_over_first(cluster: Cluster):
         30,
     )
     assert gone.error.startswith("api: ")
-    FACTS.append(f"handover on `systemctl stop patroni` of the leader: ExecStop took {took:.1f} s")
+    FACTS.append(f"handover on `systemctl stop patroni` of the leader: the stop took {took:.1f} s")
 
 
 def test_stopping_patroni_on_a_replica_hands_nothing_over(cluster: Cluster):

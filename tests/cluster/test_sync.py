@@ -86,7 +86,7 @@ def test_a_graceful_stop_of_the_leader_hands_over_without_losing_a_commit(sync_c
         c, "bkt_handover", lambda leader: took.append(c.node(leader).stop_patroni()), 10
     )
     FACTS.append(
-        f"handover on a graceful stop (synchronous mode): ExecStop {took[0]:.1f} s, "
+        f"handover on a graceful stop (synchronous mode): the stop took {took[0]:.1f} s, "
         f"write interruption {out.interruption:.1f} s, acknowledged commits lost "
         f"{len(out.lost)} of {len(out.log.acked)}"
     )

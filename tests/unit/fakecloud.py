@@ -296,6 +296,10 @@ class _Network:
         port.tags = list(tags)
 
     def delete_port(self, port, ignore_missing=True):
+        if isinstance(port, str):  # as openstacksdk: a port or its id
+            if port not in self.conn.ports:
+                return
+            port = self.conn.ports[port]
         self.conn.cloud.note(f"delete_port {port.name}")
         self.conn.ports.pop(port.id, None)
 

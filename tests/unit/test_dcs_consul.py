@@ -6,7 +6,6 @@ says."""
 from __future__ import annotations
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,7 +13,7 @@ import pytest
 
 from bakery.cloud.dcs import Dcs, DcsError, by_hand
 from bakery.config import load_settings
-from tests.helpers import base_config, merged
+from tests.helpers import base_config, merged, serving
 
 TOKEN = "b1gs3cr3t-acl-token"
 
@@ -64,13 +63,8 @@ class KvHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def consul():
-    server = ConsulKv()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with serving(ConsulKv()) as server:
+        yield server
 
 
 def settings(tmp_path, url: str):

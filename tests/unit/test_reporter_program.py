@@ -24,7 +24,7 @@ import pytest
 
 from bakery import pki
 from bakery.node.report import last_reports
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, serving
 
 PROGRAM = PROJECT / "scripts/reporter/files/bakery_node.py"
 
@@ -84,13 +84,8 @@ def api(tls):
     context.load_cert_chain(tls / "node.pem", tls / "node.key")
     context.load_verify_locations(tls / "ca.pem")
     context.verify_mode = ssl.CERT_OPTIONAL  # as Patroni's verify_client: optional
-    server = StandIn(context)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with serving(StandIn(context)) as server:
+        yield server
 
 
 def environment(tls: Path, api: StandIn, **extra) -> dict[str, str]:

@@ -306,6 +306,11 @@ def delete_servers(conn, server_ids: list[str], timeout: float = 300) -> None:
     a cancel flag of its own."""
     for server_id in server_ids:
         conn.compute.delete_server(server_id, ignore_missing=True)
+    wait_until_gone(conn, server_ids, timeout)
+
+
+def wait_until_gone(conn, server_ids: list[str], timeout: float = 300) -> None:
+    """Wait until servers whose deletion was asked for are gone."""
     for server_id in server_ids:
         wait_for(
             f"server {server_id} to be deleted",

@@ -54,15 +54,15 @@ from .api import (
     cloud_errors,
     connect,
     delete_port,
-    delete_servers,
-    delete_servers_named,
     flavor_named,
     image_property,
     in_parallel,
     network_named,
     security_groups_named,
     server_in,
+    servers_named,
     wait_for,
+    wait_until_gone,
 )
 from .generations import BUILDER_TAG
 from .metadata import image_properties, release_fields
@@ -453,13 +453,18 @@ class _Builder:
         if self.removed:
             return  # the answer is known: nothing to ask the cloud again
         if self.server_id is not None:
-            delete_servers(self.conn, [self.server_id])
+            server_ids = [self.server_id]
         else:
-            delete_servers_named(self.conn, self.name)
-        # The port is free once the server is gone (Neutron refuses to delete a bound one).
+            server_ids = [server.id for server in servers_named(self.conn, self.name)]
+        for server_id in server_ids:
+            self.conn.compute.delete_server(server_id, ignore_missing=True)
+        # The port goes while Nova deletes the server, not after it: Neutron lets the port of
+        # a server go, and Nova's unbinding of a deleted server's ports tolerates a missing
+        # one. Where a Neutron refuses a bound port, delete_port waits until it is let go.
         ports = [self.port] if self.port is not None else self.conn.network.ports(name=self.name)
         for port in ports:
             delete_port(self.conn, port.id)
+        wait_until_gone(self.conn, server_ids)
         self.removed = True
 
 

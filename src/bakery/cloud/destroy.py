@@ -18,7 +18,7 @@ from ..errors import BakeryError
 from ..lock import lifecycle_lock
 from ..node import plan as planning
 from . import dcs as cluster_dcs
-from .api import cloud_errors
+from .api import cloud_errors, delete_port
 from .cluster import connections, read_cluster
 from .replace import delete_server, stop_gracefully
 from .roll import Journal
@@ -65,7 +65,7 @@ def destroy(
                 if node.port is not None:
                     log(f"{node.name}: deleting port {node.port.name}")
                     with cloud_errors(f"environment {node.environment}: deleting its port"):
-                        node.conn.network.delete_port(node.port, ignore_missing=True)
+                        delete_port(node.conn, node.port.id)
                     result.ports.append(node.port.name)
             if whole:
                 Journal(settings).clear()

@@ -181,6 +181,9 @@ def stop_gracefully(
         if server is None or server.status != "ACTIVE":
             log(f"{node.name}: server {node.server_status}: no graceful stop")
             continue
+        if getattr(server, "task_state", None) == "deleting":  # an interrupted run's delete
+            log(f"{node.name}: server {server.id} is being deleted: no graceful stop")
+            continue
         log(f"{node.name}: stopping server {server.id}")
         with cloud_errors(f"environment {node.environment}: stopping {node.name}"):
             node.conn.compute.stop_server(server)

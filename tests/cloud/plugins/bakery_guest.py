@@ -1,8 +1,18 @@
-"""Nova virt driver for the test cloud that plays the guest of a builder server.
+"""Nova virt driver for the test cloud: plays the guest of a builder server, and runs every
+other server as a real guest (tests/cloud/guest.py: a node runner process per server).
 
-Nova loads virt drivers only from the `nova.virt` package, so tests/cloud/plugins.py copies
-this file to `nova/virt/bakery_guest.py` in the Nova venv (`compute_driver =
-bakery_guest.GuestPlayingDriver`).
+Nova loads virt drivers only from the `nova.virt` package, so tests/cloud/plugins.py puts a
+shim at `nova/virt/bakery_guest.py` in the shared Nova venv (`compute_driver =
+bakery_guest.GuestPlayingDriver`) that loads this file from the stack's own checkout
+($BAKERY_CLOUD_PLUGINS).
+
+Every server has a disk directory `<instances_path>/<uuid>/` whose `console.log` is its
+console (it survives a restart of nova-compute). A server that is no builder is a guest: spawn
+writes `guest.json` and `user-data` there and starts its VM process with the project's Python
+($BAKERY_GUEST_PYTHON in $BAKERY_GUEST_REPO, set by the stack); stop is an ACPI shutdown
+(`guest poweroff --timeout`, hard at the timeout), start boots the same disk again, a soft reboot
+is both, a hard reboot a power cut and a boot, delete a power cut and the disk removed. Pause and
+suspend are not supported, as on some hypervisors.
 
 A server is a *builder* when its metadata has `bakery_build_id` or `bakery_test_mode` (or its
 base image has the property `bakery_test_mode`), or its user-data mentions `BAKERY-RESULT`. A
@@ -15,7 +25,7 @@ what `bakery_test_mode` says:
   fail          prints `BAKERY-RESULT {"status": "failed", ...}`, powers off
   hang          prints nothing, never powers off
   garbage       prints random text that is no result line, powers off
-Other servers keep running. Snapshots upload a few bytes so that the image becomes active.
+Snapshots upload a few bytes so that the image becomes active.
 """
 
 import base64
@@ -26,10 +36,14 @@ import io
 import json
 import os
 import random
+import secrets
+import shutil
 import string
+import subprocess
 import threading
 import time
 
+import nova.conf
 import yaml
 from nova import context as nova_context
 from nova import exception, objects
@@ -40,7 +54,13 @@ from nova.virt import fake
 from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
+CONF = nova.conf.CONF
 RESULT = "BAKERY-RESULT"
+# Nova's libvirt driver returns at most the last 100 KiB of a console log.
+MAX_CONSOLE_BYTES = 100 * 1024
+GUEST_PYTHON = os.environ.get("BAKERY_GUEST_PYTHON")
+GUEST_REPO = os.environ.get("BAKERY_GUEST_REPO")
+GUEST_NET = os.environ.get("BAKERY_GUEST_NET")
 
 
 def _build_env(user_data):
@@ -103,13 +123,129 @@ def _user_data(instance):
     return raw
 
 
+def _start_time(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[19])
+
+
+def _port(network_info):
+    """The first port's network, MAC, IPv4 address, prefix and gateway, or None."""
+    for vif in network_info or []:
+        for subnet in vif["network"]["subnets"]:
+            if subnet["version"] == 4 and subnet["ips"]:
+                gateway = subnet["gateway"]["address"] if subnet["gateway"] else None
+                return {
+                    "id": vif["network"]["id"],
+                    "mac": vif["address"],
+                    "address": subnet["ips"][0]["address"],
+                    "prefix": int(subnet["cidr"].split("/")[1]),
+                    "gateway": gateway,
+                }
+    return None
+
+
 class GuestPlayingDriver(fake.FakeDriverWithoutFakeNodes):
     def __init__(self, virtapi, read_only=False):
+        # A stack of an older checkout copies its driver over the shim: refuse to run another
+        # checkout's code rather than play its guests.
+        here = os.path.realpath(__file__)
+        if GUEST_REPO and not here.startswith(os.path.realpath(GUEST_REPO) + os.sep):
+            raise exception.NovaException(
+                f"bakery-guest: {here} is not the driver of {GUEST_REPO}: the shared Nova venv "
+                "holds another checkout's copy instead of the shim (tests/cloud/plugins.py)"
+            )
         super().__init__(virtapi, read_only)
-        self._consoles = {}
+        self._vms = {}  # uuid -> Popen of the guest's VM process
+
+    def _disk(self, uuid):
+        return os.path.join(CONF.instances_path, uuid)
 
     def _print(self, instance, line):
-        self._consoles.setdefault(instance.uuid, []).append(line)
+        disk = self._disk(instance.uuid)
+        os.makedirs(disk, mode=0o700, exist_ok=True)
+        with open(os.path.join(disk, "console.log"), "a") as console:
+            console.write(line + "\n")
+
+    def _is_guest(self, uuid):
+        return os.path.exists(os.path.join(self._disk(uuid), "guest.json"))
+
+    def _guest(self, command, uuid, *args, timeout=120):
+        """Run `python -m tests.cloud.guest COMMAND --disk DIR ARGS` and wait for it."""
+        argv = [GUEST_PYTHON, "-m", "tests.cloud.guest", command, "--disk", self._disk(uuid)]
+        result = subprocess.run(
+            argv + list(args),
+            cwd=GUEST_REPO,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        self._reap()
+        if result.returncode != 0:
+            LOG.error("bakery-guest: %s %s failed: %s", command, uuid, result.stderr.strip())
+            raise exception.NovaException(f"guest {command} failed: {result.stderr.strip()}")
+
+    def _reap(self):
+        for uuid, vm in list(self._vms.items()):
+            if vm.poll() is not None:
+                self._vms.pop(uuid, None)  # Nova calls drivers from several threads
+
+    def _vm_running(self, uuid):
+        self._reap()
+        return uuid in self._vms
+
+    def _write_guest(self, instance, image_meta, user_data, network_info):
+        disk = self._disk(instance.uuid)
+        os.makedirs(disk, mode=0o700, exist_ok=True)
+        system = dict(instance.system_metadata or {})
+        spec = {
+            "uuid": instance.uuid,
+            "hostname": instance.hostname or instance.uuid[:8],
+            "host": self._host,
+            "network": _port(network_info),
+            "image": {
+                "id": instance.image_ref,
+                "name": getattr(image_meta, "name", None),
+                "properties": {k[6:]: v for k, v in system.items() if k.startswith("image_")},
+            },
+            "net_json": GUEST_NET,
+        }
+        with open(os.path.join(disk, "guest.json.new"), "w") as out:
+            json.dump(spec, out, indent=2)
+        os.rename(os.path.join(disk, "guest.json.new"), os.path.join(disk, "guest.json"))
+        fd = os.open(os.path.join(disk, "user-data"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(user_data or b"")
+
+    def _boot(self, uuid):
+        """Start the guest's VM process: this nova-compute owns it and its namespace, whose
+        name (bkg-<owner>-<6 hex>) says so; a new name at every boot."""
+        if not (GUEST_PYTHON and GUEST_REPO and GUEST_NET):
+            raise exception.NovaException("bakery-guest: the stack did not set BAKERY_GUEST_*")
+        path = os.path.join(self._disk(uuid), "guest.json")
+        with open(path) as spec_file:
+            spec = json.load(spec_file)
+        owner, token = os.getpid(), secrets.token_hex(3)
+        spec |= {
+            "owner": owner,
+            "owner_started": _start_time(owner),
+            "netns": f"bkg-{owner}-{token}",
+            "veth": f"g{owner}-{token}",
+        }
+        with open(path + ".new", "w") as out:
+            json.dump(spec, out, indent=2)
+        os.rename(path + ".new", path)
+        os.makedirs(os.path.join(self._disk(uuid), "journal"), exist_ok=True)
+        with open(os.path.join(self._disk(uuid), "journal", "vm.log"), "ab") as log:
+            # Not a session of its own: the stack's stop follows nova-compute's sessions.
+            self._vms[uuid] = subprocess.Popen(
+                [GUEST_PYTHON, "-m", "tests.cloud.guest", "boot", "--disk", self._disk(uuid)],
+                cwd=GUEST_REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def spawn(
         self,
@@ -158,7 +294,11 @@ class GuestPlayingDriver(fake.FakeDriverWithoutFakeNodes):
                 self._print(
                     instance, f"bakery-guest: user-data {len(user_data)} bytes sha256={digest}"
                 )
-        if not builder or mode == "hang":
+        if not builder:
+            self._write_guest(instance, image_meta, user_data, network_info)
+            self._boot(instance.uuid)
+            return
+        if mode == "hang":
             return
         delay = float(meta.get("bakery_test_delay", os.environ.get("BAKERY_GUEST_DELAY", 1)))
         build_id = meta.get("bakery_build_id", "test")
@@ -208,10 +348,74 @@ class GuestPlayingDriver(fake.FakeDriverWithoutFakeNodes):
     ):
         super().power_on(context, instance, network_info, block_device_info, accel_info, share_info)
         self._print(instance, "bakery-guest: powered on")
+        if self._is_guest(instance.uuid) and not self._vm_running(instance.uuid):
+            self._boot(instance.uuid)
+
+    def power_off(self, instance, timeout=0, retry_interval=0):
+        """ACPI shutdown for `timeout` seconds (Nova's shutdown_timeout for a stop), then a
+        power cut; timeout 0 is a power cut at once."""
+        super().power_off(instance, timeout, retry_interval)
+        if self._is_guest(instance.uuid):
+            self._guest("poweroff", instance.uuid, "--timeout", str(timeout), timeout=timeout + 120)
+
+    def reboot(
+        self,
+        context,
+        instance,
+        network_info,
+        reboot_type,
+        block_device_info=None,
+        bad_volumes_callback=None,
+        accel_info=None,
+        share_info=None,
+    ):
+        if not self._is_guest(instance.uuid):
+            return super().reboot(
+                context,
+                instance,
+                network_info,
+                reboot_type,
+                block_device_info,
+                bad_volumes_callback,
+                accel_info,
+                share_info,
+            )
+        # Soft: the guest shuts down cleanly (ACPI) and boots again; hard: a power cut.
+        timeout = CONF.shutdown_timeout if reboot_type.lower() == "soft" else 0
+        self._guest("poweroff", instance.uuid, "--timeout", str(timeout), timeout=timeout + 120)
+        self._print(instance, f"bakery-guest: {reboot_type.lower()} reboot")
+        self._boot(instance.uuid)
+        if instance.uuid in self.instances:
+            self.instances[instance.uuid].state = power_state.RUNNING
+        else:
+            self.instances[instance.uuid] = fake.FakeInstance(
+                instance.name, power_state.RUNNING, instance.uuid
+            )
+
+    def pause(self, instance):
+        raise NotImplementedError("pause is not supported by the bakery test guests")
+
+    def suspend(self, context, instance):
+        raise NotImplementedError("suspend is not supported by the bakery test guests")
+
+    def get_info(self, instance, use_cache=True):
+        """A guest whose VM process ended without a power-off from Nova has crashed."""
+        info = super().get_info(instance, use_cache)
+        uuid = instance.uuid
+        running = self.instances[uuid].state == power_state.RUNNING
+        if self._is_guest(uuid) and running and not self._vm_running(uuid):
+            self.instances[uuid].state = power_state.CRASHED
+            return super().get_info(instance, use_cache)
+        return info
 
     def get_console_output(self, context, instance):
-        lines = self._consoles.get(instance.uuid, [])
-        return "".join(line + "\n" for line in lines)
+        path = os.path.join(self._disk(instance.uuid), "console.log")
+        try:
+            with open(path, "rb") as console:
+                console.seek(max(0, os.path.getsize(path) - MAX_CONSOLE_BYTES))
+                return console.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def destroy(
         self,
@@ -222,7 +426,16 @@ class GuestPlayingDriver(fake.FakeDriverWithoutFakeNodes):
         destroy_disks=True,
         destroy_secrets=True,
     ):
-        self._consoles.pop(instance.uuid, None)
+        """Delete: a power cut, then the disk is gone (a real hypervisor does not shut a
+        deleted server down cleanly either)."""
+        uuid = instance.uuid
+        if self._is_guest(uuid):
+            if destroy_disks:
+                self._guest("destroy", uuid)
+            else:
+                self._guest("poweroff", uuid, "--hard")
+        elif destroy_disks:
+            shutil.rmtree(self._disk(uuid), ignore_errors=True)
         super().destroy(
             context, instance, network_info, block_device_info, destroy_disks, destroy_secrets
         )
