@@ -179,32 +179,112 @@ def _bake_local(c, definition, out, environment):
 
 
 @task(
-    help={"az": "AZ label from the config (repeat: --az a --az b); default: every AZ"},
+    help={
+        "az": "AZ label from the config (repeat: --az a --az b); default: every AZ",
+        "no_wait": "return once the servers are ACTIVE, without waiting for a healthy cluster",
+    },
     iterable=["az"],
 )
-def launch(c, az):
-    """Start the PostgreSQL nodes of the chosen AZs from the newest released image."""
+def launch(c, az, no_wait=False):
+    """Start the nodes of the chosen AZs (those missing) and wait for a healthy cluster."""
     with _reported(c):
         from bakery.cloud.launch import launch as launch_nodes
 
-        result = launch_nodes(_settings(c), az, log=_progress)
+        result = launch_nodes(
+            _settings(c), az, log=_progress, wait=not no_wait, progress=_progress_display()
+        )
         for node in result.nodes:
-            print(f"{node.name}: AZ {node.az}, {node.address}, server {node.server_id}")
-        print(f"launched {len(result.nodes)} node(s) from {result.nodes[0].image}")
+            what = "launched" if node.created else "existed"
+            print(f"{node.name}: AZ {node.az}, {node.address}, server {node.server_id} ({what})")
+        created = [n for n in result.nodes if n.created]
+        print(f"launched {len(created)} node(s), {len(result.nodes) - len(created)} existed")
+        if result.view is not None:
+            from bakery.cloud.status import as_text, status_of
+
+            print(as_text(status_of(result.view)))
+
+
+@task(
+    help={
+        "az": "only the nodes of this AZ (repeat for several); default: every AZ",
+        "json": "print the stable JSON document (docs/lifecycle.md) instead of the table",
+    },
+    iterable=["az"],
+)
+def status(c, az, json=False):
+    """Each node's server, image and last report; exit 0 healthy, 1 degraded, 2 unreadable."""
+    with _reported(c):
+        from bakery.cloud.status import as_json, as_text
+        from bakery.cloud.status import status as cluster_status
+
+        result = cluster_status(_settings(c), az)
+        if json:
+            import json as json_module
+
+            print(json_module.dumps(as_json(result), indent=2))
+        else:
+            print(as_text(result))
+        if result.exit_code:
+            raise Exit(code=result.exit_code)
+
+
+@task(help={"dry_run": "only print the plan: which node, in which order, from which image"})
+def roll(c, dry_run=False):
+    """Move every node onto the newest released generation: replicas first, the leader last."""
+    with _reported(c):
+        from bakery.cloud.roll import roll as roll_cluster
+        from bakery.cloud.roll import summary
+
+        result = roll_cluster(
+            _settings(c), dry_run=dry_run, log=_progress, progress=_progress_display()
+        )
+        print("dry run: nothing was changed" if dry_run else summary(result))
+
+
+@task(help={"node": "the node's name (`invoke status` lists them)"})
+def replace(c, node):
+    """Give a node a new server from the newest released generation on its port."""
+    with _reported(c):
+        from bakery.cloud.replace import replace as replace_node
+
+        done = replace_node(_settings(c), node, log=_progress, progress=_progress_display())
+        old = done.old_image or "no server"
+        print(f"{done.node}: {old} -> {done.new_image} in {done.seconds:.0f} s")
+
+
+@task(
+    help={
+        "az": "only the nodes of this AZ (repeat for several); default: the whole cluster",
+        "yes": "really delete the servers and ports",
+    },
+    iterable=["az"],
+)
+def destroy(c, az, yes=False):
+    """Stop and delete the cluster's servers, then its ports; images stay."""
+    with _reported(c):
+        from bakery.cloud.destroy import destroy as destroy_cluster
+
+        result = destroy_cluster(_settings(c), az, yes, log=_progress)
+        print(f"deleted {len(result.servers)} server(s) and {len(result.ports)} port(s)")
 
 
 @task(
     help={
         "force": "bake a new generation even if nothing changed",
         "dry_run": "only say what would be baked, retired and deleted",
+        "roll": "then roll the cluster onto the newest generation if it is healthy (fail if not)",
     }
 )
-def rebuild(c, force=False, dry_run=False):
+def rebuild(c, force=False, dry_run=False, roll=False):
     """Bake a new generation if inputs, base image or age call for it; retire old ones."""
     with _reported(c):
         from bakery.cloud.rebuild import rebuild as run_rebuild
 
-        result = run_rebuild(_settings(c), force=force, dry_run=dry_run, log=_progress)
+        result = run_rebuild(
+            _settings(c), force=force, dry_run=dry_run, log=_progress, roll=roll and not dry_run
+        )
+        if result.rolled:
+            print(result.rolled)
         if result.baked is not None:
             print(f"baked {result.baked.build_id}")
         elif any(result.reasons.values()):
@@ -227,4 +307,13 @@ def _progress(line: str) -> None:
         sys.stdout.flush()
 
 
-ns = Collection(render, ca, check, bake, launch, rebuild)
+def _progress_display():
+    """Waits redraw one line per node on a terminal, and log changed lines elsewhere."""
+    import sys
+
+    from bakery.cloud.watch import Progress
+
+    return Progress(_progress, sys.stdout)
+
+
+ns = Collection(render, ca, check, bake, launch, status, roll, replace, destroy, rebuild)

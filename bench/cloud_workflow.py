@@ -12,7 +12,12 @@ through a counting reverse proxy (tests/cloud/counting_proxy.py). Rounds interle
 - launch of two nodes (one per environment), then their removal;
 - launch to healthy cluster: from the launch's start until one leader and a streaming replica,
   the nodes being real guests (tests/cloud/guest.py) with the lighthouse and etcd outside both
-  environments (tests/cloud/outside.py); the DCS keys are cleared between rounds.
+  environments (tests/cloud/outside.py); `invoke launch` itself waits for that (from the
+  consoles), so its row is launch to healthy as bakery sees it;
+- roll of the two nodes onto a generation baked after the launch, while a client commits
+  (tests/cluster/writer.py, from outside): the roll's wall time, each node's time (from its
+  stop to a healthy cluster again) and the write interruption (the longest time without an
+  acknowledged commit); then the cluster's removal, and the DCS keys are cleared between rounds.
 Then one bake whose builder never finishes, with build_timeout 600: the polls a 10-minute
 build costs (`--long-build 0` leaves it out).
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -36,6 +42,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "tests" / "cluster"))  # the cluster tier's modules, by bare name
+
+from harness import WriterLog, wait_for  # noqa: E402
 
 from tests.cloud.conftest import CloudTier  # noqa: E402
 from tests.cloud.counting_proxy import CountingProxy, Request  # noqa: E402
@@ -74,6 +83,7 @@ ROWS = (
     "rebuild, nothing to do, 2 environments",
     "ctrl-c while building, 2 environments",
     "launch, 2 nodes",
+    "roll, 2 nodes",
 )
 
 
@@ -96,6 +106,9 @@ class Bench:
         self.walls: dict[str, list[float]] = {row: [] for row in ROWS}
         self.counts: dict[str, list[int]] = {row: [] for row in ROWS}
         self.healthy: list[float] = []  # launch to healthy cluster, seconds
+        self.last_output = ""  # the last line a timed command printed
+        self.roll_nodes: list[float] = []  # each rolled node's seconds
+        self.interruptions: list[float] = []  # the writes' longest pause during each roll
 
     def _invoke(self, config: Path, *args: str) -> list[str]:
         return [str(INVOKE), "--search-root", str(ROOT), "-f", str(config), *args]
@@ -112,6 +125,7 @@ class Bench:
         if result.returncode != 0:
             raise SystemExit(f"{row} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         self.record(row, wall, self.proxy.take())
+        self.last_output = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
     def packer(self, round_: int) -> None:
         template = self.tmp / "packer.json"
@@ -169,6 +183,26 @@ class Bench:
             raise SystemExit(f"Ctrl-C left behind: {left}; the bake said:\n{output}")
         self.record(ROWS[4], took, self.proxy.take())
 
+    def roll(self, outside: LaunchedCluster) -> None:
+        """A new generation, then `invoke roll` while a client commits through the leader."""
+        subprocess.run(
+            self._invoke(self.config, "bake"), env=self.env, check=True, capture_output=True
+        )
+        leader, _ = outside.wait_healthy(60)
+        sql = "DROP TABLE IF EXISTS bench_roll; CREATE TABLE bench_roll (id int PRIMARY KEY)"
+        outside.psql.query(outside.node(leader).target, sql)
+        writer = outside.start_writer("bench_roll", seconds=1800)
+        try:
+            wait_for("commits", lambda: len(WriterLog.read(writer).acked) >= 20, 60)
+            self.timed(ROWS[6], self._invoke(self.config, "roll"))
+            rolled = time.time()
+            wait_for("commits after the roll", lambda: max(_acked_at(writer)) > rolled, 120)
+        finally:
+            outside.sup.stop(writer, signal.SIGTERM, timeout=15)
+        times = sorted(_acked_at(writer))
+        self.interruptions.append(max(b - a for a, b in zip(times, times[1:], strict=False)))
+        self.roll_nodes += [float(s) for s in re.findall(r" (\d+) s[,)]", self.last_output)]
+
     def long_build(self, seconds: int) -> list[Request]:
         """A builder that never finishes, polled until build_timeout: what the waiting costs."""
         config = cluster_config(
@@ -182,6 +216,10 @@ class Bench:
         if f"timed out after {seconds} s" not in result.stderr:
             raise SystemExit(f"the long build did not time out:\n{result.stderr[-3000:]}")
         return self.proxy.take()
+
+
+def _acked_at(writer) -> list[float]:
+    return [epoch for _, epoch in WriterLog.read(writer).acked.values()]
 
 
 def _median(values: list[float]) -> float:
@@ -227,6 +265,7 @@ def main() -> None:
                     outside.attach(dict(zip(cloud.clouds, conns, strict=True)), admin)
                     outside.wait_healthy(300)
                     bench.healthy.append(time.monotonic() - launched)
+                    bench.roll(outside)
                     for conn in conns:
                         remove_leftovers(conn)
                     outside.clear_dcs()  # the next round's cluster bootstraps anew
@@ -234,7 +273,11 @@ def main() -> None:
                         f"{row} {bench.walls[row][-1]:.1f} s/{bench.counts[row][-1]} requests"
                         for row in ROWS
                     )
-                    print(f"round {round_ + 1}: {last}, healthy {bench.healthy[-1]:.1f} s")
+                    print(
+                        f"round {round_ + 1}: {last}, healthy {bench.healthy[-1]:.1f} s, write "
+                        f"interruption during the roll {bench.interruptions[-1]:.1f} s",
+                        flush=True,
+                    )
             finally:
                 for conn in conns:
                     remove_leftovers(conn)
@@ -263,6 +306,12 @@ def _report(bench: Bench, args, load: float, long_requests: list[Request]) -> No
     noop, noop_n = _median(walls[ROWS[3]]), max(counts[ROWS[3]])
     healthy = f"{min(bench.healthy):.1f}-{max(bench.healthy):.1f}" if bench.healthy else "-"
     print(f"  launch to healthy cluster {_median(bench.healthy):.1f} s ({healthy})")
+    for name, values in (
+        ("per node", bench.roll_nodes),
+        ("write interruption", bench.interruptions),
+    ):
+        spread = f"{min(values):.1f}-{max(values):.1f}" if values else "-"
+        print(f"  roll, {name} {_median(values):.1f} s ({spread})")
     print("\ngoals:")
     print(
         f"  Bake, one environment: wall {one:.1f} s = {one / packer:.2f}x Packer's {packer:.1f} s"

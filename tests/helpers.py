@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -95,7 +98,11 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def invoke(
-    *args: str, cwd: Path = PROJECT, env: dict | None = None, root: Path = PROJECT
+    *args: str,
+    cwd: Path = PROJECT,
+    env: dict | None = None,
+    root: Path = PROJECT,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess:
     """Run the real `invoke` command line with the tasks.py found in `root`."""
     full_env = {**os.environ, **(env or {})}
@@ -105,7 +112,7 @@ def invoke(
         capture_output=True,
         text=True,
         env=full_env,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
@@ -123,3 +130,16 @@ def error_lines(stderr: str) -> list[str]:
     """stderr without the configuration's warnings (`bakery: warning: ...`), which every task
     prints first: tests of an error's exact wording compare only what the error says."""
     return [line for line in stderr.splitlines() if not line.startswith("bakery: warning: ")]
+
+
+@contextlib.contextmanager
+def serving(server) -> Iterator:
+    """A socketserver (a stand-in HTTP API) answering from a thread for the block."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -81,6 +81,15 @@ def check_envfile(text: str, context: dict) -> None:
             raise _fail(what, f"{key} does not carry the {name} password")
 
 
+def check_node_env(text: str, context: dict) -> None:
+    node = context["node"]
+    what = f"node.env of {node.name}"
+    values = parse_envfile(text)
+    _expect(what, values.get("BAKERY_NODE_NAME"), node.name, "BAKERY_NODE_NAME")
+    url = f"https://{node.address}:{context['restapi_port']}"
+    _expect(what, values.get("BAKERY_RESTAPI_URL"), url, "BAKERY_RESTAPI_URL")
+
+
 def parse_envfile(text: str) -> dict[str, str]:
     """Parse KEY="value" lines as systemd does for the values bakery writes (and KEY='value',
     as Debian's /etc/default files have them)."""

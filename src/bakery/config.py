@@ -361,6 +361,28 @@ class Monitoring(Model):
     networks: list[IPv4Net] | None = None
 
 
+class Lifecycle(Model):
+    """Watching and changing a running cluster: launch waits, status, roll, replace, destroy.
+    Nodes are read through their console (BAKERY-NODE lines, docs/node-report.md)."""
+
+    # A replica further behind (bytes) is unhealthy; default: cluster.patroni's
+    # maximum_lag_on_failover, the lag Patroni still promotes from.
+    max_lag: Annotated[int, Field(ge=0)] | None = None
+    # Each node's reporter writes a line at every change and at least this often (seconds).
+    report_heartbeat: Annotated[int, Field(ge=30, le=3600)] = 180
+    # How long `launch` waits for a healthy cluster, and roll/replace for one node to stream.
+    launch_timeout: Annotated[int, Field(ge=60, le=6 * 3600)] = 1800
+    node_timeout: Annotated[int, Field(ge=60, le=6 * 3600)] = 1800
+    # How long a graceful stop of a server may take before it is deleted anyway.
+    stop_timeout: Annotated[int, Field(ge=10, le=3600)] = 300
+    # Where this machine reaches the DCS's HTTP API (an etcd3 member's JSON gateway or a Consul
+    # agent), e.g. https://10.0.0.5:2379; unset: not reachable, and bakery says what to do
+    # by hand instead (destroy: clear the scope's keys).
+    dcs_url: (
+        Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.:\[\]-]+/?$")] | None
+    ) = None
+
+
 class Settings(Model):
     state_dir: Path = Path(".bakery")
     # Templates here are used instead of the project's own of the same name.
@@ -372,6 +394,13 @@ class Settings(Model):
     pki: Pki
     overlay: Overlay = Overlay()
     monitoring: Monitoring = Monitoring()
+    lifecycle: Lifecycle = Lifecycle()
+
+    @property
+    def max_lag(self) -> int:
+        """The replication lag (bytes) under which a replica counts as healthy."""
+        configured = self.lifecycle.max_lag
+        return self.cluster.patroni.maximum_lag_on_failover if configured is None else configured
 
 
 def load_settings(raw: Mapping[str, Any] | None) -> Settings:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import shutil
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import ascii_lowercase
 from typing import Any
 
 import yaml
@@ -42,6 +44,7 @@ ETCD_MEMBERS = [
     ("100.102.1.32", "203.0.113.13"),
 ]
 NEBULA_PORT = 4242
+_OUTSIDES = itertools.count()  # clusters of this process
 ETCD_PEER_PORT = 2380
 
 
@@ -69,7 +72,9 @@ class LaunchedCluster(Cluster):
         self.net = Network(
             self.run_id,
             shared_switch=self.wires["public"]["switch"],
-            veth_prefix=f"o{os.getpid()}-",
+            # The owner's PID and a letter per cluster: an earlier module's cables may still
+            # be on the shared switch while the kernel removes its namespaces.
+            veth_prefix=f"o{os.getpid()}{ascii_lowercase[next(_OUTSIDES) % 26]}-",
         )
 
     # --- outside --------------------------------------------------------------------------------

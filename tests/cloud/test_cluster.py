@@ -27,7 +27,7 @@ from tests.sigterm import teardown_first
 
 from . import guest, underlay
 from .outside import LaunchedCluster
-from .workflow import cluster_config, remove_leftovers, run_task
+from .workflow import cluster_config, end_cluster, run_task
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,7 +51,8 @@ def launched(cloud, released, tmp_path_factory, cloud_report, request):
     try:
         cluster.start_outside()
         started = time.monotonic()
-        result = run_task(cloud, config, "launch", "--az", "a", "--az", "b")
+        # Launch waits for a healthy cluster (lifecycle.launch_timeout), read from the consoles.
+        result = run_task(cloud, config, "launch", "--az", "a", "--az", "b", timeout=900)
         assert result.returncode == 0, result.stderr
         cluster.attach(conns, cloud.connect(cloud.admin_cloud))
         cluster.wait_healthy(300)
@@ -60,17 +61,7 @@ def launched(cloud, released, tmp_path_factory, cloud_report, request):
         yield cluster
     finally:
         with teardown_first():
-            failed = request.session.testsfailed != failed_before
-            if failed:
-                cluster.keep_guest_files()  # before delete removes the disks
-            for conn in conns.values():
-                remove_leftovers(conn, images=False)
-            problems = cluster.teardown()
-            if problems or failed:
-                print(f"\ncloud tier: files of the outside of {cluster.run_id} in {cluster.base}")
-            else:
-                cluster.remove_files()
-            assert not problems, f"the cluster's outside left things behind: {problems}"
+            end_cluster(cluster, conns.values(), request.session.testsfailed != failed_before)
 
 
 def new_table(cluster: LaunchedCluster, leader: str, table: str, *rows: str) -> None:

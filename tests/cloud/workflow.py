@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.helpers import base_config, invoke, merged, write_config
 
-from .outside import ETCD_MEMBERS, LIGHTHOUSE, NEBULA_PORT
+from .outside import ETCD_MEMBERS, LIGHTHOUSE, NEBULA_PORT, LaunchedCluster
 
 DEFINITION = "postgresql14-patroni"
 
@@ -48,8 +48,8 @@ def cloud_env(cloud) -> dict:
     return {"OS_CLIENT_CONFIG_FILE": str(cloud.clouds_yaml), "PYTHONWARNINGS": "ignore"}
 
 
-def run_task(cloud, config: Path, *args: str) -> subprocess.CompletedProcess:
-    return invoke("-f", str(config), *args, env=cloud_env(cloud))
+def run_task(cloud, config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return invoke("-f", str(config), *args, env=cloud_env(cloud), timeout=timeout)
 
 
 def prop(image, key: str):
@@ -87,3 +87,19 @@ def remove_leftovers(conn, image_names: tuple[str, ...] = (), images: bool = Tru
     ]:
         conn.image.delete_image(image, ignore_missing=True)
     return found
+
+
+def end_cluster(cluster: LaunchedCluster, conns, failed: bool) -> None:
+    """The end of a module's launched cluster: its guests' files kept when a test failed
+    (deleting a server removes its disk), every server and bakery port deleted, the outside
+    torn down, and its files removed unless something failed or was left behind."""
+    if failed:
+        cluster.keep_guest_files()
+    for conn in conns:
+        remove_leftovers(conn, images=False)
+    problems = cluster.teardown()
+    if problems or failed:
+        print(f"\ncloud tier: files of the outside of {cluster.run_id} in {cluster.base}")
+    else:
+        cluster.remove_files()
+    assert not problems, f"the cluster's outside left things behind: {problems}"

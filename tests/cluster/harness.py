@@ -211,6 +211,7 @@ class Cluster:
         t0 = time.monotonic()
         for node in self.nodes.values():
             node.start_patroni()
+            node.start_reporter()
         for node in self.nodes.values():
             node.start_exporters()
         self.times["leader"] = self.wait_leader(60)[1] - t0

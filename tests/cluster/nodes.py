@@ -30,6 +30,7 @@ from tests.owned_netns import kill_processes_in, ns_inode, ns_path, pids_in_netn
 
 PG_MAJOR = 14
 PG_BIN = f"/usr/lib/postgresql/{PG_MAJOR}/bin"
+BUILD_ID = "cluster-tier"  # what /etc/bakery/manifest.json of the nodes says
 
 # Node-layout directories that hold per-node state: (path, owner, mode). The bundle's own
 # directories come first; the others exist empty in the image.
@@ -44,6 +45,8 @@ NODE_DIRS = [
     ("/var/spool/pgbackrest", "postgres", 0o750),
     ("/run/postgresql", "postgres", 0o2775),
     ("/tmp", "root", 0o1777),
+    ("/etc/bakery", "root", 0o755),
+    ("/usr/lib/bakery", "root", 0o755),
     # The backup job (as the pgbackrest element installs it), its status directory, and the
     # timers' schedule drop-ins the bundle writes.
     ("/usr/lib/bakery/pgbackrest", "root", 0o755),
@@ -62,10 +65,15 @@ MOUNTS = [
     "/var/spool/pgbackrest",
     "/run/postgresql",
     "/tmp",
-    "/usr/lib/bakery/pgbackrest",
-    "/var/lib/bakery/status",
+    "/etc/bakery",
+    "/usr/lib/bakery",
+    "/var/lib/bakery",
     "/etc/systemd/system",
-    "/etc/bakery/monitoring",
+]
+# Files of the image's elements the nodes run, as the elements install them (path on the node,
+# file in the repository, mode).
+IMAGE_FILES = [
+    ("/usr/lib/bakery/bakery-node", REPO / "scripts/reporter/files/bakery_node.py", 0o755),
 ]
 # Files bind-mounted from the node root: the node's own name resolution.
 FILE_MOUNTS = ["/etc/hosts"]
@@ -130,6 +138,13 @@ class Node:
 
     def lay_out(self) -> None:
         self.make_dirs()
+        # The reporter's program, and the manifest whose build id it reports (a cloud guest has
+        # the image's own, tests/cloud/guestimage.py).
+        for path, source, mode in IMAGE_FILES:
+            target = self.file(path)
+            target.write_bytes(source.read_bytes())
+            target.chmod(mode)
+        self.file("/etc/bakery/manifest.json").write_text(f'{{"build_id": "{BUILD_ID}"}}\n')
         # The harness starts what runcmd starts, in its order; it knows nebula and patroni,
         # and the metrics services (exporters.py) when the bundle has them. The backup timers'
         # jobs are run by the tests, as their units say (backup_jobs.py).
@@ -249,6 +264,25 @@ class Node:
         # patroni.service: user postgres, EnvironmentFile=-/etc/patroni/patroni.env.
         return self.start_unit("patroni.service")
 
+    def start_reporter(self) -> Started:
+        """bakery-reporter.service; its output (the journal `<node>-bakery-reporter.log`) is
+        the node's console as far as BAKERY-NODE lines go."""
+        return self.start_unit("bakery-reporter.service")
+
+    def stop_patroni(self) -> float:
+        """`systemctl stop patroni.service` as the unit says: its ExecStop (the leader's
+        handover), then SIGTERM to Patroni alone (KillMode=process), SIGKILL at TimeoutStopSec.
+        Returns how long the stop took."""
+        started = time.monotonic()
+        self.systemd.stop("patroni.service")
+        self.services.pop("patroni", None)
+        return time.monotonic() - started
+
+    def console_text(self) -> str:
+        """What the reporter wrote (its stdout; the image sends it to the serial console)."""
+        log = self.sup.log_dir / f"{self.name}-bakery-reporter.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
     def start_exporters(self) -> None:
         """The scrape guard and the exporters, when the bundle enables them."""
         exporters.start(self)
@@ -258,6 +292,7 @@ class Node:
         self.wait_overlay()
         self.start_patroni()
         self.start_exporters()
+        self.start_reporter()
 
     def running(self) -> bool:
         """Both services up: nebula, and patroni (which keeps PostgreSQL running)."""

@@ -6,6 +6,7 @@ agent (root in the guest, no SSH and nothing added to the user-data).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -18,6 +19,7 @@ import yaml
 from bakery.image.definition import load_definition
 from bakery.image.manifest import console_objects
 from bakery.node import monitoring
+from bakery.node.report import NodeReport, judge, last_report
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.slow
 # and what the node bundle starts. Anything else running is a surprise in a golden image.
 ALLOWED_RUNNING = {
     "patroni.service",
+    "bakery-reporter.service",
     "prometheus-node-exporter.service",
     "prometheus-postgres-exporter.service",
     "ssh.service",
@@ -90,6 +93,11 @@ def test_only_intended_services_are_enabled_and_running(guest, rendered):
     # The guard is a oneshot (exited), the path unit waits: neither shows as running.
     assert wanted - {"bakery-scrape-guard.service", "bakery-job-metrics.path"} <= running
     assert running <= ALLOWED_RUNNING, f"unexpected: {running - ALLOWED_RUNNING}"
+    # The reporter is the image's own, enabled there; it runs once the bundle names the node.
+    assert guest.agent.exec(["systemctl", "is-enabled", "bakery-reporter.service"])[1].strip() == (
+        "enabled"
+    )
+    assert "bakery-reporter.service" in running
     # The image's own units pass systemd's checks (consul's binary is not in this image), and
     # so do Debian's exporter units with the image's drop-ins. A timer's verification loads the
     # backup service it starts (and checks its ExecStart).
@@ -102,6 +110,7 @@ def test_only_intended_services_are_enabled_and_running(guest, rendered):
         "bakery-job-metrics.path",
         "bakery-backup-full.timer",
         "bakery-backup-diff.timer",
+        "bakery-reporter.service",
     ):
         code, out, err = guest.agent.exec(
             ["systemd-analyze", "verify", f"/etc/systemd/system/{unit}"], timeout=60
@@ -141,6 +150,33 @@ def test_patroni_answers_and_bootstrapped_as_leader(guest, rendered):
     )
     (member,) = json.loads(members)
     assert member["Role"] == "Leader" and member["State"] == "running", member
+
+
+def test_reporter_writes_the_rest_apis_role_to_the_serial_console(guest, rendered, built):
+    """What bakery reads from a cloud's console log: BAKERY-NODE lines (journald's prefix on
+    the serial console and all) with the role Patroni's REST API reports, and the image's
+    build id."""
+    ca = rendered["dir"] / "files/etc/patroni/tls/ca.pem"
+    name = rendered["node"]["name"]
+    url = f"https://{harness.GUEST_ADDRESS}:8008/patroni"
+
+    def agreeing() -> NodeReport | None:
+        probe = guest.in_netns(["curl", "-s", "-m", "10", "--cacert", str(ca), url])
+        role = json.loads(probe.stdout).get("role") if probe.returncode == 0 else None
+        report = last_report(guest.console_text(), name)
+        return report if report is not None and role and report.role == role else None
+
+    deadline = time.monotonic() + 180
+    while (report := agreeing()) is None:
+        assert time.monotonic() < deadline, "no BAKERY-NODE line with the REST API's role"
+        time.sleep(2)
+    assert report.role == "primary" and report.state == "running" and report.is_leader
+    assert report.build_id == built.build_id
+    assert report.error is None and report.failed_jobs == ()
+    health = judge({name: report}, 1048576, dt.datetime.now(dt.UTC))
+    assert health.healthy, health.problems
+    lines = [line for line in guest.console_text().splitlines() if "BAKERY-NODE {" in line]
+    assert all(len(line) < 400 for line in lines)  # journald's prefix included
 
 
 def scrape(guest, port: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -191,16 +192,44 @@ def test_built_tree_is_generalized_and_complete(built):
     for unit in ("patroni", "consul", "nebula"):
         text = (tree / f"etc/systemd/system/{unit}.service").read_text()
         assert "ConditionPathExists=" in text
-        assert not list((tree / "etc/systemd/system").glob(f"*.wants/{unit}.service"))
+        assert not _wanted(tree, f"{unit}.service")
     patroni_unit = (tree / "etc/systemd/system/patroni.service").read_text()
     assert "EnvironmentFile=-/etc/patroni/patroni.env" in patroni_unit
     assert "ConditionPathExists=/etc/patroni/patroni.yml" in patroni_unit
-    assert not list((tree / "etc/systemd/system").glob("*.wants/postgresql.service"))
+    assert not _wanted(tree, "postgresql.service")
     assert (tree / "etc/bakery/manifest.json").exists()
+    # The reporter is enabled, waits for the bundle, and patroni's stop hands over.
+    assert _wanted(tree, "bakery-reporter.service") == ["multi-user.target.wants"]
+    reporter = (tree / "etc/systemd/system/bakery-reporter.service").read_text()
+    assert "ConditionPathExists=/etc/bakery/node.env" in reporter
+    assert "ExecStop=-/usr/lib/bakery/bakery-node handover" in patroni_unit
+    assert os.access(tree / "usr/lib/bakery/bakery-node", os.X_OK)
+    status = tree / "var/lib/bakery/status"
+    assert (status.stat().st_mode & 0o777, status.stat().st_gid) == (
+        0o775,
+        _gid(tree, "postgres"),
+    )
     # Build-time swaps were put back.
     assert (tree / "etc/resolv.conf").is_symlink()
     assert not (tree / "usr/sbin/policy-rc.d").exists()
     assert not list(tree.rglob("*.bakery-saved"))
+
+
+def _wanted(tree: Path, unit: str) -> list[str]:
+    """The .wants directories that enable `unit`. Their links point to /etc/... and dangle
+    outside the image, and Path.glob does not list a dangling link: iterdir does."""
+    system = tree / "etc/systemd/system"
+    return sorted(
+        d.name for d in system.glob("*.wants") for link in d.iterdir() if link.name == unit
+    )
+
+
+def _gid(tree: Path, group: str) -> int:
+    for line in (tree / "etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == group:
+            return int(fields[2])
+    raise AssertionError(f"no group {group} in the image")
 
 
 def test_built_tree_has_the_backup_job_and_its_disabled_timers(built):
@@ -209,7 +238,7 @@ def test_built_tree_has_the_backup_job_and_its_disabled_timers(built):
     assert (job.st_mode & 0o777, job.st_uid) == (0o755, 0)
     for unit in ("bakery-backup@.service", "bakery-backup-full.timer", "bakery-backup-diff.timer"):
         assert (tree / "etc/systemd/system" / unit).is_file(), unit
-        assert not list((tree / "etc/systemd/system").glob(f"*.wants/{unit}"))
+        assert not _wanted(tree, unit)
     status = (tree / "var/lib/bakery/status").stat()
     postgres_gid = int(_passwd_line(tree, "postgres")[3])
     assert (status.st_mode & 0o777, status.st_uid, status.st_gid) == (0o775, 0, postgres_gid)

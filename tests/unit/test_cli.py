@@ -171,3 +171,26 @@ def test_interrupts_end_with_the_usual_exit_codes():
         with pytest.raises(Exit) as caught, tasks._reported(None):
             raise raised
         assert (caught.value.code, caught.value.message) == (code, text)
+
+
+def test_lifecycle_bad_input_is_one_line_and_touches_nothing(tmp_path):
+    """Refused before any cloud is asked: a destroy without --yes, an unknown node."""
+    config = write_config(tmp_path / "c.yaml", base_config(tmp_path))
+    env = {"OS_CLIENT_CONFIG_FILE": str(tmp_path / "no-clouds.yaml")}
+    # The error is the last line (configuration warnings may come first).
+    destroy = invoke("-f", str(config), "destroy", "--az", "b", env=env)
+    assert (destroy.returncode, destroy.stdout) == (1, "")
+    assert destroy.stderr.splitlines()[-1] == (
+        "bakery: destroy deletes the servers and ports of cluster patroni42 in AZ b: add --yes "
+        "to do it; nothing was changed"
+    )
+    replace = invoke("-f", str(config), "replace", "prod9-postgresql-0", env=env)
+    assert replace.returncode == 1
+    assert replace.stderr.splitlines()[-1] == (
+        "bakery: replace: no node 'prod9-postgresql-0' in this config; nodes: "
+        "prod1-postgresql-0, prod4-postgresql-0"
+    )
+    assert not (tmp_path / "state").exists()
+    for task, option in (("status", "--json"), ("roll", "--dry-run"), ("launch", "--no-wait")):
+        helped = invoke("--help", task)
+        assert helped.returncode == 0 and option in helped.stdout, task

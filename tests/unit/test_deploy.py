@@ -27,4 +27,6 @@ def test_systemd_accepts_the_rebuild_units(tmp_path):
         check=False,
     )
     assert (result.returncode, result.stderr) == (0, ""), result.stderr  # warnings too
-    assert "-f /etc/bakery/cluster.yaml rebuild" in (UNITS / "bakery-rebuild.service").read_text()
+    service = (UNITS / "bakery-rebuild.service").read_text()
+    assert "-f /etc/bakery/cluster.yaml rebuild $BAKERY_REBUILD_OPTIONS" in service
+    assert "Environment=BAKERY_REBUILD_OPTIONS=\n" in service  # off unless a drop-in sets it

@@ -58,7 +58,7 @@ def test_a_second_rebuild_stops_before_baking_or_retiring(tmp_path, monkeypatch)
     fd = os.open(settings.state_dir / "rebuild.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(BakeryError, match="another rebuild holds .*rebuild.lock"):
+        with pytest.raises(BakeryError, match="another run holds .*rebuild.lock; nothing was done"):
             rebuild_module.rebuild(settings)
     finally:
         os.close(fd)
@@ -97,3 +97,35 @@ def test_only_builders_older_than_any_running_bake_are_stale():
         ("old-builder-without-server", None),
     ]
     assert [b.name for b in recent] == ["running-builder"]
+
+
+def test_rebuild_roll_rolls_after_the_bake_and_fails_after_retiring_when_refused(
+    tmp_path, monkeypatch
+):
+    from bakery.cloud import roll as roll_module
+
+    settings = load_settings(base_config(tmp_path))
+    calls = []
+    monkeypatch.setattr(rebuild_module, "_read", lambda *_: {})
+    monkeypatch.setattr(rebuild_module, "_reasons", lambda *_: {"prod1": ["due"]})
+    monkeypatch.setattr(rebuild_module.cloudbake, "bake", lambda *a, **k: calls.append("bake"))
+    monkeypatch.setattr(rebuild_module, "_retire", lambda *a: calls.append("retire"))
+
+    def refused(*_args, **_kwargs):
+        calls.append("roll")
+        raise roll_module.RollRefused("roll refused: the cluster is not healthy: no leader")
+
+    monkeypatch.setattr(roll_module, "roll", refused)
+    with pytest.raises(roll_module.RollRefused, match="no leader"):
+        rebuild_module.rebuild(settings, roll=True, log=lambda _: None)
+    assert calls == ["bake", "roll", "retire"]  # a scheduled run fails, old images still go
+
+    calls.clear()
+
+    def nothing(*_args, **_kwargs):
+        raise roll_module.NothingToRoll("nothing to roll: every node runs gen-2")
+
+    monkeypatch.setattr(roll_module, "roll", nothing)
+    result = rebuild_module.rebuild(settings, roll=True, log=lambda _: None)
+    assert result.rolled == "nothing to roll: every node runs gen-2"
+    assert calls == ["bake", "retire"]

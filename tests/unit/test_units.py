@@ -16,7 +16,16 @@ from tests.helpers import PROJECT
 sys.path.append(str(PROJECT / "tests" / "cluster"))  # the cluster tier imports by bare name
 
 from processes import Supervisor  # noqa: E402
-from units import Command, Systemd, Unit, UnitError, parse, timespan, unit_files  # noqa: E402
+from units import (  # noqa: E402
+    Command,
+    Systemd,
+    Unit,
+    UnitError,
+    parse,
+    timespan,
+    unit_dropins,
+    unit_files,
+)
 
 PY = sys.executable
 
@@ -25,15 +34,53 @@ def test_the_images_units_read_as_systemd_reads_them():
     units = {name: Unit.load(path) for name, path in unit_files().items()}
     patroni = units["patroni.service"]
     assert (patroni.user, patroni.group, patroni.type) == ("postgres", "postgres", "simple")
-    assert patroni.environment_files == [("/etc/patroni/patroni.env", True)]
+    assert patroni.environment_files == [
+        ("/etc/patroni/patroni.env", True),
+        ("/etc/bakery/node.env", True),
+    ]
     assert [c.words for c in patroni.commands("ExecStart")] == [
         ["/opt/patroni/bin/patroni", "/etc/patroni/patroni.yml"]
     ]
-    # Patroni stops PostgreSQL itself: only its main process gets the signal, 30 s to go.
-    assert (patroni.kill_mode, patroni.timeout_stop) == ("process", 30.0)
+    # The leader hands over first (never failing the stop); then Patroni stops PostgreSQL
+    # itself: only its main process gets the signal, 55 s to go.
+    (handover,) = patroni.commands("ExecStop")
+    assert (handover.words, handover.ignore_failure) == (
+        ["/usr/lib/bakery/bakery-node", "handover"],
+        True,
+    )
+    assert (patroni.kill_mode, patroni.timeout_stop) == ("process", 55.0)
     assert (patroni.restart, patroni.restart_sec) == ("on-failure", 5.0)
     assert ("ConditionPathExists", "/etc/nebula/config.yml") in units["nebula.service"].conditions
     assert units["bakery-manifest.service"].type == "oneshot"
+    reporter = units["bakery-reporter.service"]
+    assert (reporter.user, reporter.to_console, reporter.restart) == ("postgres", True, "always")
+    assert ("ConditionPathExists", "/etc/bakery/node.env") in reporter.conditions
+
+
+# [Service] keys the runner emulates, and those that change nothing for a node's processes run
+# outside systemd: sandboxing, privileges, scheduling and resource limits, names in the journal.
+EMULATED = {
+    *("Type", "User", "Group", "Environment", "EnvironmentFile", "WorkingDirectory"),
+    *("ExecStartPre", "ExecStart", "ExecStop", "ExecStopPost", "RemainAfterExit"),
+    *("KillMode", "KillSignal", "SendSIGKILL", "TimeoutSec", "TimeoutStopSec"),
+    *("Restart", "RestartSec", "StandardOutput", "StandardError"),
+}
+OUTSIDE_SYSTEMD = ("Protect", "Private", "Restrict", "Capability", "Ambient", "IOScheduling")
+OUTSIDE_SYSTEMD += ("NoNewPrivileges", "LockPersonality", "ReadWritePaths", "Memory", "Limit")
+OUTSIDE_SYSTEMD += ("Nice", "SyslogIdentifier", "ExecReload", "TimeoutStartSec")
+
+
+def test_every_service_key_of_the_units_is_emulated_or_changes_nothing_outside_systemd():
+    """A unit that grows a key the runner neither honours nor may ignore fails here, instead of
+    running differently in the cluster and cloud tiers than on a node."""
+    dropins = unit_dropins()
+    unknown = {
+        f"{name}: {key}="
+        for name, path in unit_files().items()
+        for key in Unit.load(path, dropins.get(name, []), name).sections.get("Service", {})
+        if key not in EMULATED and not key.startswith(OUTSIDE_SYSTEMD)
+    }
+    assert unknown == set()
 
 
 def test_syntax_time_spans_and_command_lines():

@@ -12,16 +12,14 @@ Whether or not it bakes, each environment's old generations are then retired
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import Settings
 from ..errors import BakeryError
 from ..image.definition import LoadedDefinition, load_definition
+from ..lock import held
 from . import bake as cloudbake
 from .api import TAG, all_images, cloud_errors, connect, delete_servers, in_parallel
 from .generations import (
@@ -42,6 +40,7 @@ CANDIDATE_GRACE_MARGIN = dt.timedelta(hours=1)
 class RebuildResult:
     reasons: dict[str, list[str]]  # environment -> why it needs a new generation
     baked: cloudbake.BakeResult | None = None
+    rolled: str | None = None  # --roll: what the roll did
     retired: dict[str, list[str]] = field(default_factory=dict)  # environment -> image names
     deleted: dict[str, list[str]] = field(default_factory=dict)
     kept_in_use: dict[str, list[str]] = field(default_factory=dict)
@@ -54,6 +53,7 @@ def rebuild(
     force: bool = False,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
+    roll: bool = False,
 ) -> RebuildResult:
     """Nothing to do costs one authentication and two reads per environment: every image
     the project sees (generations and base images at once) and bakery's builder ports."""
@@ -74,7 +74,17 @@ def rebuild(
             for label, env in seen.items():  # the bake changed them: read them again
                 with cloud_errors(f"environment {label}"):
                     env.images = all_images(env.conn)
+        refused = None
+        if roll:  # before retiring, so that the generations it leaves can go at once
+            from .roll import roll_if_due
+
+            try:
+                result.rolled = roll_if_due(settings, log)
+            except BakeryError as error:
+                refused = error
         _retire(settings, loaded, seen, result, dry_run, log)
+        if refused is not None:
+            raise refused
     return result
 
 
@@ -179,18 +189,6 @@ def _shown(builder: BuilderPort) -> str:
     return f"{builder.name} (port {builder.port_id}, {server})"
 
 
-@contextlib.contextmanager
-def _only_one_rebuild(settings: Settings) -> Iterator[None]:
+def _only_one_rebuild(settings: Settings):
     """A timer and a person may start a rebuild at the same moment: the second one stops."""
-    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(settings.state_dir / "rebuild.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BakeryError(
-                f"another rebuild holds {settings.state_dir / 'rebuild.lock'}; nothing was done"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
+    return held(settings.state_dir / "rebuild.lock", "rebuild")

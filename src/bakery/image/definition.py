@@ -154,7 +154,7 @@ class LoadedDefinition:
         chosen += ["pgbackrest"] if c.pgbackrest is not None else []
         chosen += ["consul", "consul-dns"] if c.consul is not None else []
         chosen += ["nebula"] if c.nebula is not None else []
-        chosen += ["patroni", "psycopg2", "units"]
+        chosen += ["patroni", "psycopg2", "units", "reporter"]
         chosen += ["exporters"] if c.exporters is not None else []
         chosen += ["metadata-guard", "manifest", "generalize"]
         return chosen

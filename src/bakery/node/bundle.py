@@ -41,6 +41,7 @@ class NodePaths:
     node_key: str = "/etc/patroni/tls/node.key"
     pgpass: str = "/var/lib/postgresql/.pgpass.patroni"
     pgbackrest: str = "/etc/pgbackrest/pgbackrest.conf"
+    node_env: str = "/etc/bakery/node.env"
 
     @property
     def bin_dir(self) -> str:
@@ -174,6 +175,13 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
         "patroni.env": render(env, "patroni.env.j2", **context),
         "post-bootstrap.sh": render(env, "post-bootstrap.sh.j2", **context),
         "pgbackrest.conf": render(env, "pgbackrest.conf.j2", **context),
+        "node.env": render(
+            env,
+            "node.env.j2",
+            **context,
+            max_lag=settings.max_lag,
+            report_heartbeat=settings.lifecycle.report_heartbeat,
+        ),
     }
     checks.check_patroni(text["patroni.yml"], context)
     checks.check_envfile(text["patroni.env"], context)
@@ -184,6 +192,7 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
         context["repo_options"],
         paths.data_dir,
     )
+    checks.check_node_env(text["node.env"], context)
     files = [
         BundleFile(paths.config, text["patroni.yml"], "postgres:postgres", "0600"),
         BundleFile(paths.env, text["patroni.env"], "postgres:postgres", "0600"),
@@ -192,6 +201,8 @@ def _bundle(settings: Settings, env, material: _ClusterMaterial, node: Node) -> 
         BundleFile(paths.node_cert, tls.cert_pem, "postgres:postgres", "0644"),
         BundleFile(paths.node_key, tls.key_pem, "postgres:postgres", "0600"),
         BundleFile(paths.pgbackrest, text["pgbackrest.conf"], "postgres:postgres", "0600"),
+        # Who the node is, for the reporter and the handover (docs/node-report.md); no secret.
+        BundleFile(paths.node_env, text["node.env"], "root:root", "0644"),
     ]
     files += _backup_files(settings, env, context, material, node)
     services = []
