@@ -147,10 +147,7 @@ def check(c):
 def bake(c, environment, target="cloud", definition=None, out=None):
     """Bake the golden image: the elements of images/<definition>.yaml, verified, released."""
     with _reported(c):
-        from bakery.errors import BakeryError
-
-        if target not in ("cloud", "local"):
-            raise BakeryError(f"bake --target {target!r}: allowed are 'cloud' and 'local'")
+        _check_target("bake", target)
         if target == "local":
             _bake_local(c, definition, out, environment)
             return
@@ -181,13 +178,22 @@ def _bake_local(c, definition, out, environment):
 @task(
     help={
         "az": "AZ label from the config (repeat: --az a --az b); default: every AZ",
-        "no_wait": "return once the servers are ACTIVE, without waiting for a healthy cluster",
+        "target": "'cloud' (default: the newest released image) or 'local' (QEMU VMs of the "
+        "local bake on this machine, as root)",
+        "no_wait": "cloud: return once the servers are ACTIVE, without waiting for health",
+        "dry_run": "local: print the plan and create nothing",
     },
     iterable=["az"],
 )
-def launch(c, az, no_wait=False):
+def launch(c, az, target="cloud", no_wait=False, dry_run=False):
     """Start the nodes of the chosen AZs (those missing) and wait for a healthy cluster."""
     with _reported(c):
+        _check_target("launch", target)
+        if target == "local":
+            _only_for("launch", "cloud", no_wait=no_wait)
+            _launch_local(c, az, dry_run)
+            return
+        _only_for("launch", "local", dry_run=dry_run)
         from bakery.cloud.launch import launch as launch_nodes
 
         result = launch_nodes(
@@ -206,14 +212,21 @@ def launch(c, az, no_wait=False):
 
 @task(
     help={
-        "az": "only the nodes of this AZ (repeat for several); default: every AZ",
-        "json": "print the stable JSON document (docs/lifecycle.md) instead of the table",
+        "az": "cloud: only the nodes of this AZ (repeat for several); default: every AZ",
+        "json": "cloud: print the stable JSON document (docs/lifecycle.md) instead of the table",
+        "target": "'cloud' (default) or 'local' (the cluster `invoke launch --target local` "
+        "started here)",
     },
     iterable=["az"],
 )
-def status(c, az, json=False):
+def status(c, az, json=False, target="cloud"):
     """Each node's server, image and last report; exit 0 healthy, 1 degraded, 2 unreadable."""
     with _reported(c):
+        _check_target("status", target)
+        if target == "local":
+            _only_for("status", "cloud", az=az, json=json)
+            _status_local(c)
+            return
         from bakery.cloud.status import as_json, as_text
         from bakery.cloud.status import status as cluster_status
 
@@ -254,14 +267,21 @@ def replace(c, node):
 
 @task(
     help={
-        "az": "only the nodes of this AZ (repeat for several); default: the whole cluster",
-        "yes": "really delete the servers and ports",
+        "az": "cloud: only the nodes of this AZ (repeat for several); default: the whole cluster",
+        "yes": "cloud: really delete the servers and ports",
+        "target": "'cloud' (default) or 'local' (the cluster `invoke launch --target local` "
+        "started here: its VMs, namespaces, disks and logs)",
     },
     iterable=["az"],
 )
-def destroy(c, az, yes=False):
-    """Stop and delete the cluster's servers, then its ports; images stay."""
+def destroy(c, az, yes=False, target="cloud"):
+    """Stop and delete the cluster's servers, then its ports (images stay); or the local one."""
     with _reported(c):
+        _check_target("destroy", target)
+        if target == "local":
+            _only_for("destroy", "cloud", az=az)
+            _destroy_local(c)
+            return
         from bakery.cloud.destroy import destroy as destroy_cluster
 
         result = destroy_cluster(_settings(c), az, yes, log=_progress)
@@ -294,6 +314,66 @@ def rebuild(c, force=False, dry_run=False, roll=False):
         for label, names in result.deleted.items():
             if names:
                 print(f"{label}: {'would delete' if dry_run else 'deleted'} {', '.join(names)}")
+
+
+def _check_target(name: str, target: str) -> None:
+    if target not in ("cloud", "local"):
+        from bakery.errors import BakeryError
+
+        raise BakeryError(f"{name} --target {target!r}: allowed are 'cloud' and 'local'")
+
+
+def _only_for(name: str, target: str, **options) -> None:
+    """Refuse options given (truthy) that only the other target has."""
+    given = [k for k, v in options.items() if v]
+    if given:
+        from bakery.errors import BakeryError
+
+        shown = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise BakeryError(f"{name} {shown}: only with --target {target}")
+
+
+def _launch_local(c, az, dry_run):
+    from bakery.local.launch import launch as launch_local
+
+    result = launch_local(_settings(c), az, dry_run=dry_run, log=_progress)
+    if dry_run:
+        print("\n".join(result.lines()))
+        print("dry run: nothing was created")
+        return
+    print(result.table)
+    print(f"local cluster {result.run}: healthy after {result.seconds:.0f} s")
+    print(f"tear it down: {_invocation(c)} destroy --target local")
+
+
+def _invocation(c) -> str:
+    """How this command was called, to print the next one (same program, same -f file)."""
+    import shlex
+
+    program = sys.argv[0] if "/" in sys.argv[0] else "invoke"
+    config = c.config._runtime_path
+    return shlex.join([program, *(["-f", str(config)] if config else [])])
+
+
+def _status_local(c):
+    from bakery.local.status import status as local_status
+
+    result = local_status(_settings(c))
+    print(result.heading)
+    if result.table:
+        print(result.table)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(result.verdict)
+    if result.exit_code:
+        raise Exit(code=result.exit_code)
+
+
+def _destroy_local(c):
+    from bakery.local.destroy import destroy as destroy_local
+
+    run = destroy_local(_settings(c), log=_progress)
+    print(f"destroyed {run}" if run else "no local cluster of this config: nothing to destroy")
 
 
 _PROGRESS = threading.Lock()

@@ -383,6 +383,24 @@ class Lifecycle(Model):
     ) = None
 
 
+class LocalTarget(Model):
+    """`invoke launch --target local`: the cluster as QEMU VMs on this machine, each AZ on a
+    segment of its own (the AZ's `subnet`) behind a router on a routed underlay, where the
+    external place (etcd, the Nebula lighthouse) lives. Addresses exist only inside the
+    network namespaces the tool creates."""
+
+    # The build directory of `invoke bake --target local` (its build.json names the qcow2);
+    # default: build/<image.definition>.
+    image: Path | None = None
+    # The routed network between the AZ routers and the external place: the external place
+    # takes its first host (the lighthouse's public address), the routers the next ones.
+    underlay: IPv4Net = ipaddress.IPv4Network("198.51.100.0/24")
+    memory_mb: Annotated[int, Field(ge=512, le=65536)] = 1024
+    cpus: Annotated[int, Field(ge=1, le=16)] = 1
+    # KVM when /dev/kvm is usable (a CPU with vmx/svm), else TCG (software emulation).
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+
+
 class Settings(Model):
     state_dir: Path = Path(".bakery")
     # Templates here are used instead of the project's own of the same name.
@@ -395,6 +413,7 @@ class Settings(Model):
     overlay: Overlay = Overlay()
     monitoring: Monitoring = Monitoring()
     lifecycle: Lifecycle = Lifecycle()
+    local: LocalTarget = LocalTarget()
 
     @property
     def max_lag(self) -> int:

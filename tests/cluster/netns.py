@@ -6,42 +6,19 @@ namespaces, so the test addresses exist only there and deleting the namespaces r
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from processes import boot_ticks
 
+from bakery.local.netns import entered  # noqa: F401 - the tiers import it from here
 from tests.owned_netns import ns_inode, ns_path, remove
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def run(*argv: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, check=check, stdin=subprocess.DEVNULL
     )
-
-
-@contextlib.contextmanager
-def entered(name: str) -> Iterator[None]:
-    """Run the block with this thread in namespace `name`: sockets made inside stay there."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(ns_path(name), os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        yield
-    finally:
-        back = _libc.setns(own, CLONE_NEWNET)
-        os.close(own)
-        os.close(target)
-        if back != 0:
-            raise OSError(ctypes.get_errno(), "setns back to the test's own namespace")
 
 
 def cable(switch: str, port: str, host: str, dev: str, address: str, mac: str = "") -> None:

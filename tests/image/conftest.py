@@ -58,20 +58,11 @@ def built() -> localbuild.BuildResult:
     _require_root()
     out = BUILD_ROOT / "local-test"
     loaded = load_definition(DEFINITION)
-    previous = out / "build.json"
-    if os.environ.get("BAKERY_IMAGE_REUSE") == "1" and previous.exists():
-        data = json.loads(previous.read_text())
-        if data["inputs_hash"] == loaded.inputs_hash() and Path(data["qcow2"]).exists():
-            FIGURES["build (reused)"] = f"{data['timings']['total']} s"
-            return localbuild.BuildResult(
-                **{
-                    **data,
-                    "raw": Path(data["raw"]),
-                    "qcow2": Path(data["qcow2"]),
-                    "tree": Path(data["tree"]),
-                    "log": Path(data["log"]),
-                }
-            )
+    if os.environ.get("BAKERY_IMAGE_REUSE") == "1" and (out / "build.json").exists():
+        previous = localbuild.load_result(out)
+        if previous.inputs_hash == loaded.inputs_hash() and previous.qcow2.exists():
+            FIGURES["build (reused)"] = f"{previous.timings['total']} s"
+            return previous
     start = time.monotonic()
     result = localbuild.build(DEFINITION, out, keep_tree=True, echo=False)
     FIGURES["build wall time"] = f"{time.monotonic() - start:.0f} s {result.timings}"

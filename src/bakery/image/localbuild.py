@@ -94,6 +94,9 @@ HOST_TOOLS = ["mmdebstrap", "chroot", "mkfs.ext4", "sfdisk", "losetup", "extlinu
 MBR_CANDIDATES = [Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin")]
 
 
+PATH_FIELDS = ("raw", "qcow2", "tree", "log")
+
+
 @dataclass
 class BuildResult:
     definition: str
@@ -109,9 +112,24 @@ class BuildResult:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        for key in ("raw", "qcow2", "tree", "log"):
+        for key in PATH_FIELDS:
             data[key] = str(data[key]) if data[key] is not None else None
         return data
+
+
+def load_result(out: Path) -> BuildResult:
+    """The finished build in `out` (what `invoke bake --target local` wrote there)."""
+    path = out / "build.json"
+    try:
+        data = json.loads(path.read_text())
+        paths = {key: Path(data[key]) if data[key] is not None else None for key in PATH_FIELDS}
+        return BuildResult(**{**data, **paths})
+    except FileNotFoundError:
+        raise BuildError(
+            f"{out}: no finished local build (no build.json): run `invoke bake --target local`"
+        ) from None
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise BuildError(f"{path}: unreadable ({error}); bake again") from None
 
 
 def _now() -> float:

@@ -1,0 +1,1 @@
+"""The local target: a cluster of QEMU VMs of the locally baked image on this machine."""
