@@ -48,7 +48,10 @@ def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
     if _YAML_BREAKS.intersection(data):
         style = '"'
     else:
-        style = "|" if "\n" in data else None
+        # A literal block that must keep trailing line breaks ("|+") ends its document with
+        # "...", which breaks the YAML it is nested in: such strings go double-quoted.
+        literal = "\n" in data and data.strip("\n") and not data.endswith("\n\n")
+        style = "|" if literal else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
@@ -87,7 +90,9 @@ def to_yaml_nested(value: Any, indent: int) -> str:
     block = yaml.dump(
         value, Dumper=_Dumper, sort_keys=False, width=float("inf"), allow_unicode=True
     )
-    return "\n" + textwrap.indent(block.rstrip("\n"), " " * indent)
+    # Every line but an empty one: textwrap's default skips lines of whitespace alone, and
+    # inside a literal block those are content (a no-break space, a line of blanks).
+    return "\n" + textwrap.indent(block.rstrip("\n"), " " * indent, lambda line: line != "\n")
 
 
 def hcl_value(value: Any) -> str:
